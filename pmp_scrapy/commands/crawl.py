@@ -1,0 +1,76 @@
+"""``scrapy crawl``, replaced: validates the configuration first (a bad setting is one line and
+exit code 1, never a traceback), runs the crawl, prints a one-line result, and exits with the
+code the checkpoint extension decided (``pmp/exit_code``): 0 done, 1 fatal, 2 partial."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from scrapy.commands.crawl import Command as ScrapyCrawlCommand
+from scrapy.exceptions import UsageError
+
+from pmp_scrapy.config import apply_environment, apply_spider_arguments, load_config
+from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
+from pmp_scrapy.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from scrapy.crawler import Crawler
+
+
+def fail(message: str) -> None:
+    """Print the project's one-line error to stderr."""
+    print(f"pmp_scrapy: error: {message}", file=sys.stderr, flush=True)
+
+
+class Command(ScrapyCrawlCommand):
+    """Run a spider; exit 0 (done), 1 (fatal) or 2 (partial)."""
+
+    def short_desc(self) -> str:
+        return "Run a spider (dcapi_patches); exit 0 done, 1 fatal, 2 partial"
+
+    def _preflight(self, spname: str, spargs: dict[str, str]) -> None:
+        if spname != "dcapi_patches":
+            return
+        settings = self.settings.copy()
+        apply_environment(settings)
+        apply_spider_arguments(settings, spargs)
+        config = load_config(settings)
+        if config.demo:
+            return
+        if config.auth == "apikey":
+            require_secrets(("PMP_API_KEY",), settings)
+        else:
+            require_secrets(OAUTH_NAMES, settings)
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        if len(args) != 1:
+            raise UsageError("give exactly one spider name, e.g. scrapy crawl dcapi_patches")
+        spname = args[0]
+        try:
+            self._preflight(spname, opts.spargs)
+        except ConfigError as exc:
+            fail(str(exc))
+            self.exitcode = 1
+            return
+        assert self.crawler_process
+        crawler = self._create_crawler(spname)
+        self.crawler_process.crawl(crawler, **opts.spargs)
+        self.crawler_process.start()
+        self.exitcode = self._exit_code(crawler)
+
+    def _exit_code(self, crawler: Crawler) -> int:
+        if self.crawler_process is not None and self.crawler_process.bootstrap_failed:
+            fail("the crawl could not start (see the log above)")
+            return 1
+        stats = crawler.stats.get_stats() if crawler._stats is not None else {}
+        code = stats.get("pmp/exit_code")
+        message = stats.get("pmp/exit_message")
+        if code is None:
+            fail("the run ended without a result (see the log)")
+            return 1
+        stream = sys.stdout if code == 0 else sys.stderr
+        print(f"pmp_scrapy: exit {code}: {message}", file=stream, flush=True)
+        return int(code)

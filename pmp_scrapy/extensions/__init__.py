@@ -1,0 +1,1 @@
+"""Spider extensions: ``checkpoint`` plans and closes runs; the others are optional concerns."""

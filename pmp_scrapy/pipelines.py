@@ -1,0 +1,188 @@
+"""Item pipeline: page items become rows; every ``PMP_CHECKPOINT_EVERY`` pages (and at close)
+one transaction commits the rows, the gaps, healed gaps and the checkpoint that covers them.
+
+Reads ``PMP_CHECKPOINT_EVERY``, ``PMP_TOTAL_SYSTEMS``. Writes ``patch_system_mapping``,
+``dcapi_systems``, ``dcapi_extraction_gaps``, ``dcapi_gap_state``,
+``dcapi_extraction_checkpoints``; stats ``pmp/pages_committed``, ``pmp/mappings_upserted``,
+``pmp/gaps_recorded``, ``pmp/gaps_healed``, ``pmp/checkpoint_page``, ``pmp/coverage``. Sends
+``batch_committed``. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from scrapy.exceptions import DropItem
+from scrapy.utils.asyncio import run_in_thread
+
+from pmp_scrapy import signals as pmp_signals
+from pmp_scrapy.config import get_config
+from pmp_scrapy.errors import StorageError
+from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.rows import page_rows
+from pmp_scrapy.runstop import stop_run
+from pmp_scrapy.storage import Batch, get_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from scrapy.crawler import Crawler
+
+    from pmp_scrapy.plan import RunPlan
+
+logger = logging.getLogger(__name__)
+
+
+class MappingPipeline:
+    """See the module docstring."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.config = get_config(crawler)
+        self.store = get_store(crawler)
+        self.stats = crawler.stats
+        self._lock = asyncio.Lock()
+        self._batch: Batch | None = None
+        self._pages: list[int] = []
+        self._page_count = 0
+        self._managed_total: int | None = None
+        self._total_records: int | None = None
+        self._failed = False
+        self._started = time.monotonic()
+        self._pages_seen = 0
+        self._systems_seen = 0
+        self._mappings_seen = 0
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        return cls(crawler)
+
+    @property
+    def plan(self) -> RunPlan:
+        plan = getattr(self.crawler.spider, "plan", None)
+        assert plan is not None, "the checkpoint extension sets the plan at spider_opened"
+        return plan
+
+    async def process_item(self, item: Any) -> Any:
+        if self._failed:
+            raise DropItem("the database failed earlier in this run; nothing more is stored")
+        if isinstance(item, InventoryTotal):
+            self._managed_total = item.managed_total
+            await self._write(self.store.set_managed_total, item.snapshot_id, item.managed_total)
+            return item
+        batch = self._current_batch()
+        if isinstance(item, PatchPage):
+            rows = page_rows(item.systems, item.page)
+            batch.mappings.extend(rows.mappings)
+            batch.systems.extend(rows.systems)
+            batch.total_pages = item.total_pages
+            batch.total_records = self._total_records = item.total_records
+            if item.retried_gap:
+                batch.healed_pages.append(item.page)
+            else:
+                self._pages.append(item.page)
+            for key, value in (("skipped_patches", rows.skipped_patches), ("skipped_systems", rows.skipped_systems),
+                               ("duplicate_patches", rows.duplicate_patches), ("empty_systems", rows.empty_systems)):
+                if value:
+                    self.stats.inc_value(f"pmp/{key}", value)
+            self._log_progress(item, len(rows.systems), len(rows.mappings))
+        elif isinstance(item, PageGap):
+            batch.gaps.append({"page_num": item.page, "error_type": item.error_type,
+                               "error_message": item.error_message, "response_sample": item.response_sample,
+                               "attempts": item.attempts, "http_status": item.http_status})
+            if not item.retried_gap:
+                self._pages.append(item.page)
+        else:
+            return item
+        self._page_count += 1
+        if self._page_count >= self.config.checkpoint_every:
+            await self.flush()
+        return item
+
+    async def close_spider(self) -> None:
+        """Commit whatever is buffered, so a clean stop loses nothing."""
+        await self.flush()
+
+    def _current_batch(self) -> Batch:
+        if self._batch is None:
+            self._batch = Batch(snapshot_id=self.plan.snapshot_id, customer=self.config.customer_key)
+        return self._batch
+
+    def _denominator(self) -> int | None:
+        return (self.config.total_systems or self._managed_total or self.plan.known_managed_total
+                or self._total_records)
+
+    async def flush(self) -> None:
+        """Commit the buffered pages and move the checkpoint, in one transaction."""
+        async with self._lock:
+            batch, pages = self._batch, self._pages
+            if batch is None or self._failed:
+                return
+            self._batch, self._pages, self._page_count = None, [], 0
+            watermark = self.plan.watermark
+            # The watermark moves only in this copy until the transaction has committed.
+            candidate = watermark.peek(pages)
+            batch.last_page = candidate if (pages or candidate) else None
+            batch.denominator = self._denominator()
+            try:
+                result = await run_in_thread(self.store.commit_batch, batch)
+            except StorageError as exc:
+                self._failed = True
+                stop_run(self.crawler, "pmp_database_error", str(exc))
+                return
+            for page in pages:
+                watermark.mark(page)
+        healed = len(batch.healed_pages)
+        self.stats.inc_value("pmp/pages_committed", len(pages))
+        self.stats.inc_value("pmp/mappings_upserted", len(batch.mappings))
+        self.stats.inc_value("pmp/gaps_recorded", len(batch.gaps))
+        self.stats.inc_value("pmp/gaps_healed", healed)
+        self.stats.set_value("pmp/checkpoint_page", result.last_page)
+        self.stats.set_value("pmp/coverage", result.coverage)
+        self.stats.set_value("pmp/coverage_pct", result.coverage_pct)
+        self.stats.set_value("pmp/systems_extracted", result.systems_extracted)
+        self.stats.set_value("pmp/patches_extracted", result.patches_extracted)
+        if result.snapshot_complete:
+            self.stats.set_value("pmp/snapshot_complete", True)
+        for page in batch.healed_pages:
+            logger.info("gap on page %d healed", page, extra={"event_type": "gap_resolved", "page": page})
+        logger.info(
+            "checkpoint saved at page %s (%d systems, %d mappings, coverage %.1f%%)",
+            result.last_page, result.systems_extracted, result.patches_extracted, result.coverage_pct,
+            extra={"event_type": "checkpoint_saved", "last_page": result.last_page,
+                   "systems_extracted": result.systems_extracted,
+                   "patches_extracted": result.patches_extracted, "coverage_pct": result.coverage_pct,
+                   "coverage": result.coverage},
+        )
+        self.crawler.signals.send_catch_log(pmp_signals.batch_committed, result=result, pages=pages,
+                                            gaps=batch.gaps)
+
+    async def _write(self, fn: Any, *args: Any) -> None:
+        try:
+            await run_in_thread(fn, *args)
+        except StorageError as exc:
+            self._failed = True
+            stop_run(self.crawler, "pmp_database_error", str(exc))
+
+    def _log_progress(self, item: PatchPage, systems: int, mappings: int) -> None:
+        self._pages_seen += 1
+        self._systems_seen += systems
+        self._mappings_seen += mappings
+        plan = self.plan
+        planned_last = item.total_pages if plan.batch_end is None else min(plan.batch_end, item.total_pages)
+        planned = max(planned_last - (plan.first_page or 1) + 1, 1) + len(plan.retry_pages)
+        done = self._pages_seen + int(self.stats.get_value("pmp/gaps_recorded", 0))
+        elapsed = time.monotonic() - self._started
+        eta = (elapsed / done) * max(planned - done, 0) / 60.0 if done else None
+        logger.info(
+            "page %d/%d: %d systems, %d mappings", item.page, item.total_pages, systems, mappings,
+            extra={"event_type": "extraction_progress", "page": item.page, "total_pages": item.total_pages,
+                   "systems_extracted": self._systems_seen, "patches_extracted": self._mappings_seen,
+                   "total_systems": self._denominator(),
+                   "progress_pct": round(min(100.0, 100.0 * done / planned), 1),
+                   "errors_total": sum(v for k, v in self.stats.get_stats().items() if k.startswith("pmp/gaps/")),
+                   "eta_minutes": round(eta, 1) if eta is not None else None},
+        )

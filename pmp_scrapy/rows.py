@@ -1,0 +1,78 @@
+"""Turns systems as DCAPI sends them into mapping rows (no HTTP, no SQL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pmp_scrapy.storage.schema import MAPPING_FIELDS
+
+logger = logging.getLogger(__name__)
+
+
+def as_text(value: Any) -> str | None:
+    """Store what the server sends, as text: ids arrive as numbers or strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+@dataclass
+class PageRows:
+    """The rows of one page and what was skipped."""
+
+    mappings: list[dict[str, Any]] = field(default_factory=list)
+    systems: list[dict[str, Any]] = field(default_factory=list)
+    skipped_patches: int = 0
+    skipped_systems: int = 0
+    duplicate_patches: int = 0
+    empty_systems: int = 0
+
+
+def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
+    """Normalise a page's systems; warn about what cannot be stored."""
+    result = PageRows()
+    for system in systems:
+        resource_id = as_text(system.get("resource_id"))
+        name = as_text(system.get("resource_name"))
+        if not resource_id:
+            result.skipped_systems += 1
+            logger.warning("page %d: a system without resource_id (%r) was skipped", page, name,
+                           extra={"event_type": "system_skipped", "page": page})
+            continue
+        patches = system.get("patches")
+        if not isinstance(patches, list):
+            patches = []
+        by_patch: dict[str, dict[str, Any]] = {}
+        for patch in patches:
+            patch_id = as_text(patch.get("patch_id")) if isinstance(patch, dict) else None
+            if not patch_id:
+                result.skipped_patches += 1
+                logger.warning("page %d: system %s (%s) has a patch without patch_id; skipped", page,
+                               resource_id, name, extra={"event_type": "patch_skipped", "page": page,
+                                                         "resource_id": resource_id})
+                continue
+            if patch_id in by_patch:
+                result.duplicate_patches += 1
+            row = {"resource_id": resource_id, "patch_id": patch_id}
+            row.update({name_: as_text(patch.get(name_)) for name_ in MAPPING_FIELDS})
+            by_patch[patch_id] = row
+        if not by_patch:
+            result.empty_systems += 1
+            logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,
+                           extra={"event_type": "system_without_patches", "page": page,
+                                  "resource_id": resource_id})
+        result.mappings.extend(by_patch.values())
+        result.systems.append({"resource_id": resource_id, "resource_name": name,
+                               "patch_count": len(by_patch), "last_seen_page": page})
+    return result

@@ -1,0 +1,70 @@
+"""Scrapy settings for pmp_scrapy. Defaults only, no logic: the environment is folded in by
+``config.EnvironmentAddon`` and everything ``PMP_*`` is validated by ``config.load_config``.
+Secrets (client secret, refresh token, API key, Slack webhook) never live here."""
+
+BOT_NAME = "pmp_scrapy"
+SPIDER_MODULES = ["pmp_scrapy.spiders"]
+NEWSPIDER_MODULE = "pmp_scrapy.spiders"
+COMMANDS_MODULE = "pmp_scrapy.commands"
+
+ADDONS = {"pmp_scrapy.config.EnvironmentAddon": 0}
+
+# --- the contract's settings -------------------------------------------------------------
+PMP_BASE_URL = None
+PMP_AUTH = "oauth"
+PMP_ACCOUNTS_URL = None
+PMP_DATABASE_URL = None  # None: sqlite:///~/.maia/databases/intelligence/pmp_config.db
+PMP_PAGE_LIMIT = 30
+PMP_BATCH_PAGES = 50
+PMP_CHECKPOINT_EVERY = 10
+PMP_COVERAGE_TARGET = 0.95
+PMP_TOTAL_SYSTEMS = None
+PMP_TOKEN_REFRESH_RATIO = 0.8
+PMP_TOKEN_DEFAULT_TTL = 56
+PMP_MAX_ATTEMPTS = 3
+PMP_BACKOFF_BASE = 1.0
+PMP_MAX_RETRY_AFTER = 300
+POST_EXTRACTION_HOOK = None
+PMP_HOOK_TIMEOUT = 300
+PMP_SQLITE_BUSY_TIMEOUT = 15
+PMP_CUSTOMER = None
+PMP_LOG_FORMAT = "auto"  # auto: console on a terminal, JSON otherwise
+PMP_PROGRESS = "auto"  # auto: a live bar only when stderr is a terminal
+
+# --- politeness and resilience ---------------------------------------------------------------
+ROBOTSTXT_OBEY = False  # an authenticated JSON API, not a web site
+DOWNLOAD_DELAY = 0.25  # at most 4 page requests a second to the PMP host
+RANDOMIZE_DOWNLOAD_DELAY = False
+CONCURRENT_REQUESTS = 16
+CONCURRENT_REQUESTS_PER_DOMAIN = 8
+DOWNLOAD_TIMEOUT = 60
+AUTOTHROTTLE_ENABLED = True
+AUTOTHROTTLE_START_DELAY = 0.25
+AUTOTHROTTLE_MAX_DELAY = 30
+AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
+RETRY_ENABLED = True
+COOKIES_ENABLED = False
+TELNETCONSOLE_ENABLED = False
+USER_AGENT = "pmp_scrapy/1.0 (+https://github.com/pmp-scrapy)"
+HTTPERROR_ALLOW_ALL = False
+
+DOWNLOADER_MIDDLEWARES = {
+    "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
+    "pmp_scrapy.middlewares.retry.BackoffRetryMiddleware": 550,
+    "pmp_scrapy.middlewares.auth.TokenMiddleware": 590,
+}
+
+ITEM_PIPELINES = {
+    "pmp_scrapy.pipelines.MappingPipeline": 300,
+}
+
+EXTENSIONS = {
+    "scrapy.extensions.telnet.TelnetConsole": None,
+    "pmp_scrapy.extensions.checkpoint.Checkpoints": 100,
+}
+
+LOG_FORMATTER = "pmp_scrapy.logformat.PMPLogFormatter"
+LOG_LEVEL = "INFO"
+
+TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
+FEED_EXPORT_ENCODING = "utf-8"

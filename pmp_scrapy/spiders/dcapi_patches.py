@@ -1,0 +1,245 @@
+"""The ``dcapi_patches`` spider: plans page requests from the run plan and turns each DCAPI
+answer into a :class:`PatchPage` or, after the last attempt, a :class:`PageGap`.
+
+It knows nothing of the database: the checkpoint extension sets ``self.plan`` at
+``spider_opened``; the pipeline stores what it yields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import scrapy
+from scrapy import signals
+from scrapy.exceptions import IgnoreRequest
+from twisted.internet.error import TCPTimedOutError, TimeoutError as TwistedTimeoutError
+from twisted.python.failure import Failure
+
+from pmp_scrapy.config import apply_spider_arguments, get_config, parse_flag
+from pmp_scrapy.envelope import PayloadError, parse_envelope
+from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.redaction import redact, response_sample
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+
+    from pmp_scrapy.config import PMPConfig
+    from pmp_scrapy.plan import RunPlan
+
+logger = logging.getLogger(__name__)
+
+PAGE_PATH = "/dcapi/threats/systemreport/patches"
+INVENTORY_PATH = "/api/1.4/som/computers"
+
+
+def gap_type_for_status(status: int) -> str:
+    """The contract's gap ``error_type`` for a final HTTP status."""
+    if status == 429:
+        return "429_rate_limit"
+    if 500 <= status <= 599:
+        return "5xx_server_error"
+    return "unexpected_status"
+
+
+def gap_type_for_failure(failure: Failure) -> str:
+    """``network_timeout`` or ``network_error`` for a download that raised."""
+    if failure.check(TwistedTimeoutError, TCPTimedOutError, TimeoutError):
+        return "network_timeout"
+    return "network_error"
+
+
+class DcapiPatchesSpider(scrapy.Spider):
+    """Sweeps ``/dcapi/threats/systemreport/patches`` page by page.
+
+    Arguments (``-a``): ``reset=1`` starts a new snapshot, ``demo=1`` runs against the built-in
+    simulator, ``customer=NAME`` scopes every request to one MSP customer."""
+
+    name = "dcapi_patches"
+    MAX_PROBES = 3
+    plan: RunPlan | None = None
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
+        apply_spider_arguments(crawler.settings, kwargs)
+        spider = super().from_crawler(crawler, *args)
+        spider.simulator = None
+        if parse_flag("demo", crawler.settings.get("PMP_DEMO", False)):
+            from pmp_scrapy.demo import start_demo
+
+            spider.simulator = start_demo(crawler.settings)
+            crawler.signals.connect(spider._stop_simulator, signal=signals.spider_closed)
+        return spider
+
+    def _stop_simulator(self) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+
+    @property
+    def config(self) -> PMPConfig:
+        return get_config(self.crawler)
+
+    # --- requests --------------------------------------------------------------------------------
+    def _url(self, path: str, params: dict[str, Any]) -> str:
+        if self.config.customer:
+            params["customername"] = self.config.customer
+        return f"{self.config.base_url}{path}?{urlencode(params)}"
+
+    def page_request(self, page: int, *, retried_gap: bool = False) -> scrapy.Request:
+        """The request for one DCAPI page."""
+        return scrapy.Request(
+            self._url(PAGE_PATH, {"page": page, "pageLimit": self.config.page_limit}),
+            callback=self.parse_page,
+            errback=self.page_failed,
+            dont_filter=True,
+            priority=1 if retried_gap else -page,
+            meta={"pmp_page": page, "pmp_retried_gap": retried_gap, "handle_httpstatus_all": True},
+        )
+
+    async def start(self) -> AsyncIterator[Any]:
+        plan = self.plan
+        if plan is None:
+            return
+        self._total_pages = plan.known_total_pages
+        self._requested_through = 0
+        if self.config.total_systems is None:
+            yield scrapy.Request(
+                self._url(INVENTORY_PATH, {"page": 1, "pagelimit": 1}),
+                callback=self.parse_inventory, errback=self.inventory_failed, dont_filter=True,
+                priority=10, meta={"pmp_inventory": True, "handle_httpstatus_all": True},
+            )
+        for page in plan.retry_pages:
+            yield self.page_request(page, retried_gap=True)
+        if plan.first_page is not None:
+            self._requested_through = plan.first_page
+            yield self.page_request(plan.first_page)
+            if self._total_pages is not None:
+                for request in self._more_pages():
+                    yield request
+
+    def _last_wanted_page(self) -> int | None:
+        plan = self.plan
+        if plan is None or plan.first_page is None or self._total_pages is None:
+            return None
+        last = self._total_pages
+        if plan.batch_end is not None:
+            last = min(last, plan.batch_end)
+        return last
+
+    def _more_pages(self) -> Iterator[scrapy.Request]:
+        """Requests for pages not yet asked for, up to the batch end and the last page."""
+        last = self._last_wanted_page()
+        if last is None:
+            yield from self._probe()
+            return
+        while self._requested_through < last:
+            self._requested_through += 1
+            yield self.page_request(self._requested_through)
+
+    def _probe(self) -> Iterator[scrapy.Request]:
+        """The page count is unknown because the first pages failed: try the next page, a few
+        times at most, so one broken page does not end the sweep."""
+        plan = self.plan
+        if plan is None or plan.first_page is None or self._total_pages is not None:
+            return
+        following = self._requested_through + 1
+        if following - plan.first_page >= self.MAX_PROBES:
+            logger.error("no page answered with a page count after %d pages; giving up this run",
+                         self.MAX_PROBES, extra={"event_type": "probe_exhausted"})
+            return
+        if plan.batch_end is None or following <= plan.batch_end:
+            self._requested_through = following
+            yield self.page_request(following)
+
+    def _learn_total(self, total_pages: int, total_records: int) -> None:
+        if self._total_pages is not None and total_pages != self._total_pages:
+            logger.warning(
+                "the server now reports %d pages (was %d); the sweep follows the new count",
+                total_pages, self._total_pages,
+                extra={"event_type": "total_pages_changed", "old": self._total_pages, "new": total_pages},
+            )
+        self._total_pages = total_pages
+        self.crawler.stats.set_value("pmp/total_pages", total_pages)
+        self.crawler.stats.set_value("pmp/total_records", total_records)
+
+    # --- callbacks ---------------------------------------------------------------------------------
+    def parse_page(self, response: Response) -> Iterator[Any]:
+        """Turn a final page response into a PatchPage or a PageGap."""
+        assert self.plan is not None
+        page = response.meta["pmp_page"]
+        retried = response.meta.get("pmp_retried_gap", False)
+        if response.status != 200:
+            yield self._gap(page, gap_type_for_status(response.status),
+                            f"HTTP {response.status} after {self._attempts(response.meta)} attempt(s)",
+                            response.meta, response.body, response.status)
+        else:
+            try:
+                envelope = parse_envelope(response.body)
+            except PayloadError as exc:
+                yield self._gap(page, exc.error_type, str(exc), response.meta, response.body, 200)
+            else:
+                self._learn_total(envelope.total_pages, envelope.total_records)
+                if not envelope.systems and page < envelope.total_pages:
+                    logger.warning("page %d of %d has no systems", page, envelope.total_pages,
+                                   extra={"event_type": "empty_page", "page": page})
+                yield PatchPage(
+                    snapshot_id=self.plan.snapshot_id, page=page, total_pages=envelope.total_pages,
+                    total_records=envelope.total_records, systems=envelope.systems, retried_gap=retried,
+                )
+        if not retried:
+            yield from self._more_pages()
+
+    def page_failed(self, failure: Failure) -> Iterator[Any]:
+        """A page whose download raised after its last attempt (or was dropped)."""
+        request = failure.request  # type: ignore[attr-defined]
+        if failure.check(IgnoreRequest):
+            return  # the run is stopping (authentication); the page stays unclaimed
+        page = request.meta["pmp_page"]
+        message = f"{failure.type.__name__}: {redact(str(failure.value))[:200]}"
+        yield self._gap(page, gap_type_for_failure(failure), message, request.meta, None, None)
+        if not request.meta.get("pmp_retried_gap"):
+            yield from self._more_pages()
+
+    def _attempts(self, meta: dict[str, Any]) -> int:
+        return int(meta.get("retry_times", 0)) + 1
+
+    def _gap(self, page: int, error_type: str, message: str, meta: dict[str, Any],
+             body: bytes | None, status: int | None) -> PageGap:
+        assert self.plan is not None
+        self.crawler.stats.inc_value(f"pmp/gaps/{error_type}")
+        return PageGap(
+            snapshot_id=self.plan.snapshot_id, page=page, error_type=error_type,
+            error_message=message, response_sample=response_sample(body) if body else None,
+            attempts=self._attempts(meta), http_status=status,
+            retried_gap=meta.get("pmp_retried_gap", False),
+        )
+
+    def parse_inventory(self, response: Response) -> Iterator[Any]:
+        """The managed-system count, the denominator of coverage."""
+        assert self.plan is not None
+        total = None
+        if response.status == 200:
+            try:
+                total = int(json.loads(response.body)["message_response"]["total"])
+            except (ValueError, KeyError, TypeError):
+                total = None
+        if total is None or total < 0:
+            logger.warning(
+                "the inventory endpoint gave no managed-system total (HTTP %d); coverage falls back "
+                "to DCAPI totalRecords", response.status, extra={"event_type": "inventory_unavailable"})
+            return
+        self.crawler.stats.set_value("pmp/managed_total", total)
+        yield InventoryTotal(snapshot_id=self.plan.snapshot_id, managed_total=total)
+
+    def inventory_failed(self, failure: Failure) -> None:
+        """The inventory request raised; coverage falls back to DCAPI totalRecords."""
+        if failure.check(IgnoreRequest):
+            return
+        logger.warning("the inventory request failed (%s); coverage falls back to DCAPI totalRecords",
+                       failure.type.__name__, extra={"event_type": "inventory_unavailable"})

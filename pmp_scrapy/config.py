@@ -44,6 +44,9 @@ ENVIRONMENT_SETTINGS: tuple[str, ...] = (
     "PMP_CUSTOMER",
     "PMP_LOG_FORMAT",
     "PMP_PROGRESS",
+    "PMP_LOG_ROTATE",
+    "PMP_LOG_BACKUPS",
+    "PMP_SLACK_MIN_INTERVAL",
     "PMP_HOOK_TIMEOUT",
     "PMP_SQLITE_BUSY_TIMEOUT",
     "POST_EXTRACTION_HOOK",
@@ -227,6 +230,9 @@ class PMPConfig:
     sqlite_busy_timeout: float
     log_format: str
     progress: str
+    log_rotate: str
+    log_backups: int
+    slack_min_interval: float
 
     @property
     def token_url(self) -> str:
@@ -237,6 +243,43 @@ class PMPConfig:
     def customer_key(self) -> str:
         """The customer dimension as stored ('' for a single-tenant PMP)."""
         return self.customer or ""
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How the log is written (read by ``logformat.LoggingAddon`` before anything else)."""
+
+    format: str  # auto | json | console
+    rotate: str  # daily | off
+    backups: int  # rotated files kept
+
+
+def load_log_options(settings: BaseSettings) -> LogOptions:
+    """Validate ``PMP_LOG_FORMAT``, ``PMP_LOG_ROTATE`` and ``PMP_LOG_BACKUPS`` alone, so logging
+    can be set up even when another setting is wrong."""
+    return LogOptions(
+        format=_choice("PMP_LOG_FORMAT", settings.get("PMP_LOG_FORMAT", "auto"), ("auto", "json", "console")),
+        rotate=_choice("PMP_LOG_ROTATE", settings.get("PMP_LOG_ROTATE", "daily"), ("daily", "off")),
+        backups=_integer("PMP_LOG_BACKUPS", settings.get("PMP_LOG_BACKUPS", 14), minimum=0),
+    )
+
+
+def database_url_from_settings(settings: BaseSettings) -> str:
+    """The validated ``PMP_DATABASE_URL`` (default path expanded), without requiring any other
+    setting: ``scrapy status`` needs no PMP server."""
+    return _database_url(settings.get("PMP_DATABASE_URL"))
+
+
+def coverage_target_from_settings(settings: BaseSettings) -> float:
+    """The validated ``PMP_COVERAGE_TARGET`` (a fraction)."""
+    return _number("PMP_COVERAGE_TARGET", settings.get("PMP_COVERAGE_TARGET", 0.95), low=0.0, high=1.0,
+                   low_inclusive=False)
+
+
+def total_systems_from_settings(settings: BaseSettings) -> int | None:
+    """The validated ``PMP_TOTAL_SYSTEMS``, or ``None`` when coverage's denominator is discovered."""
+    total = settings.get("PMP_TOTAL_SYSTEMS")
+    return None if total in (None, "") else _integer("PMP_TOTAL_SYSTEMS", total, minimum=1)
 
 
 def load_config(settings: BaseSettings) -> PMPConfig:
@@ -256,20 +299,20 @@ def load_config(settings: BaseSettings) -> PMPConfig:
                     f"PMP_ACCOUNTS_URL is required: cannot derive the Zoho accounts server from {base_url!r}"
                 )
             accounts = ""
-    total = settings.get("PMP_TOTAL_SYSTEMS")
     customer = settings.get("PMP_CUSTOMER")
     customer = str(customer).strip() or None if customer is not None else None
     hook = settings.get("POST_EXTRACTION_HOOK")
+    logs = load_log_options(settings)
     return PMPConfig(
         base_url=base_url,
         auth=auth,
         accounts_url=accounts,
-        database_url=_database_url(settings.get("PMP_DATABASE_URL")),
+        database_url=database_url_from_settings(settings),
         page_limit=_integer("PMP_PAGE_LIMIT", settings.get("PMP_PAGE_LIMIT", 30), minimum=1),
         batch_pages=_integer("PMP_BATCH_PAGES", settings.get("PMP_BATCH_PAGES", 50), minimum=0),
         checkpoint_every=_integer("PMP_CHECKPOINT_EVERY", settings.get("PMP_CHECKPOINT_EVERY", 10), minimum=1),
-        coverage_target=_number("PMP_COVERAGE_TARGET", settings.get("PMP_COVERAGE_TARGET", 0.95), low=0.0, high=1.0, low_inclusive=False),
-        total_systems=None if total in (None, "") else _integer("PMP_TOTAL_SYSTEMS", total, minimum=1),
+        coverage_target=coverage_target_from_settings(settings),
+        total_systems=total_systems_from_settings(settings),
         token_refresh_ratio=_number("PMP_TOKEN_REFRESH_RATIO", settings.get("PMP_TOKEN_REFRESH_RATIO", 0.8), low=0.0, high=1.0, low_inclusive=False),
         token_default_ttl=_number("PMP_TOKEN_DEFAULT_TTL", settings.get("PMP_TOKEN_DEFAULT_TTL", 56), low=0.0, low_inclusive=False),
         max_attempts=_integer("PMP_MAX_ATTEMPTS", settings.get("PMP_MAX_ATTEMPTS", 3), minimum=1),
@@ -282,8 +325,11 @@ def load_config(settings: BaseSettings) -> PMPConfig:
         post_extraction_hook=str(hook).strip() if hook else None,
         hook_timeout=_number("PMP_HOOK_TIMEOUT", settings.get("PMP_HOOK_TIMEOUT", 300), low=0.0, low_inclusive=False),
         sqlite_busy_timeout=_number("PMP_SQLITE_BUSY_TIMEOUT", settings.get("PMP_SQLITE_BUSY_TIMEOUT", 15), low=0.0),
-        log_format=_choice("PMP_LOG_FORMAT", settings.get("PMP_LOG_FORMAT", "auto"), ("auto", "json", "console")),
+        log_format=logs.format,
         progress=_choice("PMP_PROGRESS", settings.get("PMP_PROGRESS", "auto"), ("auto", "on", "off")),
+        log_rotate=logs.rotate,
+        log_backups=logs.backups,
+        slack_min_interval=_number("PMP_SLACK_MIN_INTERVAL", settings.get("PMP_SLACK_MIN_INTERVAL", 60), low=0.0),
     )
 
 

@@ -7,7 +7,10 @@ SPIDER_MODULES = ["pmp_scrapy.spiders"]
 NEWSPIDER_MODULE = "pmp_scrapy.spiders"
 COMMANDS_MODULE = "pmp_scrapy.commands"
 
-ADDONS = {"pmp_scrapy.config.EnvironmentAddon": 0}
+ADDONS = {
+    "pmp_scrapy.config.EnvironmentAddon": 0,
+    "pmp_scrapy.logformat.LoggingAddon": 10,  # after the environment: LOG_FILE may come from it
+}
 
 # --- the contract's settings -------------------------------------------------------------
 PMP_BASE_URL = None
@@ -30,11 +33,14 @@ PMP_SQLITE_BUSY_TIMEOUT = 15
 PMP_CUSTOMER = None
 PMP_LOG_FORMAT = "auto"  # auto: console on a terminal, JSON otherwise
 PMP_PROGRESS = "auto"  # auto: a live bar only when stderr is a terminal
+PMP_LOG_ROTATE = "daily"  # LOG_FILE rotates at midnight UTC; "off" leaves rotation to logrotate
+PMP_LOG_BACKUPS = 14  # rotated log files kept
+PMP_SLACK_MIN_INTERVAL = 60  # seconds between Slack messages; what waits is coalesced
 
 # --- politeness and resilience ---------------------------------------------------------------
 ROBOTSTXT_OBEY = False  # an authenticated JSON API, not a web site
 DOWNLOAD_DELAY = 0.25  # at most 4 page requests a second to the PMP host
-RANDOMIZE_DOWNLOAD_DELAY = False
+DOWNLOAD_DELAY_JITTER = 0  # exact spacing: the contract promises at most 4 requests a second
 CONCURRENT_REQUESTS = 16
 CONCURRENT_REQUESTS_PER_DOMAIN = 8
 DOWNLOAD_TIMEOUT = 60
@@ -45,6 +51,7 @@ AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
 RETRY_ENABLED = True
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
+REMOTE_CONTROL_ENABLED = False  # an in-process code execution port; it could read tokens from memory
 USER_AGENT = "pmp_scrapy/1.0 (+https://github.com/pmp-scrapy)"
 HTTPERROR_ALLOW_ALL = False
 
@@ -61,10 +68,16 @@ ITEM_PIPELINES = {
 EXTENSIONS = {
     "scrapy.extensions.telnet.TelnetConsole": None,
     "pmp_scrapy.extensions.checkpoint.Checkpoints": 100,
+    "pmp_scrapy.extensions.hook.PostExtractionHook": 200,
+    "pmp_scrapy.extensions.slack.SlackNotifier": 300,
+    "pmp_scrapy.extensions.progress.ProgressBar": 400,
 }
 
 LOG_FORMATTER = "pmp_scrapy.logformat.PMPLogFormatter"
 LOG_LEVEL = "INFO"
+# Scrapy's own root handler is replaced by logformat.LoggingAddon's (JSON or console, mode 0600,
+# daily rotation); LOG_FILE, LOG_LEVEL, LOG_ENABLED and LOG_FILE_APPEND keep their meaning.
+LOG_INSTALL_ROOT_HANDLER = False
 
 TWISTED_REACTOR = "twisted.internet.asyncioreactor.AsyncioSelectorReactor"
 FEED_EXPORT_ENCODING = "utf-8"

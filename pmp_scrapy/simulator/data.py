@@ -10,10 +10,11 @@ import json
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 CATALOGUE_SIZE = 3302
-SERVER_SHARE = 0.04
+SERVER_SHARE = 0.035
 DUPLICATE_SHARE = 0.01
 INSTALLED_FROM_MS = 1_672_531_200_000  # 2023-01-01T00:00:00Z
 INSTALLED_TO_MS = 1_763_596_800_000  # 2025-11-20T00:00:00Z
@@ -66,17 +67,23 @@ def _third_party(rng: random.Random, vendor: str) -> tuple[str, str | None]:
     """Name and bulletin of a non-Microsoft patch; about a quarter have no bulletin."""
     n, m, year = rng.randint(0, 40), rng.randint(1, 199), rng.randint(2019, 2025)
     cve = f"CVE-{year}-{rng.randint(1000, 49999)}"
+    chrome = f"{rng.randint(110, 131)}.0.{rng.randint(5000, 6999)}.{m}"
     names = {
         "Mozilla": (f"firefox-{rng.randint(100, 135)}.0.{n % 6}-x64.exe", f"MFSA{year}-{m % 60:02d}"),
-        "Google": (f"googlechromestandaloneenterprise64-{rng.randint(110, 131)}.0.{rng.randint(5000, 6999)}.{m}.msi", cve),
-        "Adobe": (f"AcroRdrDCUpd{rng.randint(2100120000, 2400599999)}.msp", f"APSB{year % 100}-{m % 80:02d}"),
+        "Google": (f"googlechromestandaloneenterprise64-{chrome}.msi", cve),
+        "Adobe": (f"AcroRdrDCUpd{rng.randint(2100120000, 2400599999)}.msp",
+                  f"APSB{year % 100}-{m % 80:02d}"),
         "Oracle": (f"jre-8u{rng.randint(200, 431)}-windows-x64.exe", cve),
         "Igor Pavlov": (f"7z{rng.randint(19, 24)}{m % 10:02d}-x64.exe", cve),
-        "Notepad++ Team": (f"npp.8.{n % 7}.{m % 10}.Installer.x64.exe", None),
-        "VideoLAN": (f"vlc-3.0.{n % 22}-win64.exe", f"VideoLAN-SB-VLC-3{n % 22:03d}"),
-        "Zoom Video Communications": (f"ZoomInstallerFull-{rng.randint(5, 6)}.{n % 20}.{m}.msi", f"ZSB-{year % 100}0{m % 40:02d}"),
+        "Notepad++ Team": (f"npp.{7 + n % 2}.{n % 10}.{m % 10}.Installer{rng.choice(('', '.x64'))}.exe",
+                           None),
+        "VideoLAN": (f"vlc-{2 + n % 2}.{m % 3}.{m % 25}-win{rng.choice((32, 64))}.exe",
+                     f"VideoLAN-SB-VLC-{n % 4}{m % 25:02d}"),
+        "Zoom Video Communications": (f"ZoomInstallerFull-{rng.randint(5, 6)}.{n % 20}.{m}.msi",
+                                      f"ZSB-{year % 100}0{m % 40:02d}"),
         "Apple": (f"iTunes64Setup-12.{n % 14}.{m % 10}.exe", cve),
-        "Citrix": (f"CitrixWorkspaceApp-{rng.randint(2203, 2409)}.{m % 9}.exe", f"CTX{rng.randint(200000, 699999)}"),
+        "Citrix": (f"CitrixWorkspaceApp-{rng.randint(2203, 2409)}.{m % 9}.exe",
+                   f"CTX{rng.randint(200000, 699999)}"),
     }
     name, bulletin = names[vendor]
     return name, (None if rng.random() < 0.25 else bulletin)
@@ -105,7 +112,9 @@ def catalogue(seed: int) -> tuple[CatalogPatch, ...]:
     patches: list[CatalogPatch] = []
     for j in range(CATALOGUE_SIZE):
         vendor = _pick(rng, _VENDORS)
-        while True:
+        for tries in range(100):
+            if tries == 50:  # small name spaces (few versions) can saturate: fall back
+                vendor = "Microsoft"
             name, bulletin = _microsoft(rng) if vendor == "Microsoft" else _third_party(rng, vendor)
             if name not in seen:
                 break
@@ -116,7 +125,7 @@ def catalogue(seed: int) -> tuple[CatalogPatch, ...]:
 
 
 def _system_name(rng: random.Random, number: int, server: bool) -> str:
-    city = rng.choice(_CITIES)
+    city = rng.choice(_CITIES).replace(" ", "")
     if server:
         style = rng.randrange(3)
         if style == 0:
@@ -137,7 +146,7 @@ def _patch_count(rng: random.Random, server: bool) -> int:
     if server:
         return int(rng.triangular(200, 500, 300))
     if rng.random() < 0.93:
-        return int(rng.triangular(10, 80, 18))
+        return int(rng.triangular(10, 75, 15))
     return int(rng.triangular(80, 200, 85))
 
 
@@ -196,7 +205,7 @@ class Dataset:
         name = _system_name(rng, i + 1, server)
         if self.spec.name_prefix:
             name = f"{self.spec.name_prefix}-{name}"
-        rid = 10001 + self.id_offset + i
+        rid = self.resource_id(i)
         return (str(rid) if rng.random() < 0.5 else rid), name, rng, server
 
     def inventory_entry(self, i: int) -> dict[str, Any]:
@@ -235,9 +244,13 @@ class Dataset:
         """The ``systemreport`` list of these systems, as UTF-8 JSON with raw unicode."""
         return json.dumps([self.system(i) for i in indices], ensure_ascii=False).encode("utf-8")
 
-    def mappings(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """``(resource_id, patch_id, fields)`` of every distinct mapping DCAPI currently serves."""
-        for i in list(self.dcapi_indices()):
+    def resource_id(self, i: int) -> int:
+        """The numeric resource id of system ``i``."""
+        return 10001 + self.id_offset + i
+
+    def mappings(self, indices: list[int]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """``(resource_id, patch_id, fields)`` of every distinct mapping of these systems."""
+        for i in indices:
             system = self.system(i)
             rid = str(system["resource_id"])
             seen: set[str] = set()

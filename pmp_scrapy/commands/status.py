@@ -1,0 +1,165 @@
+"""``scrapy status [--json] [--customer NAME]``: where the extraction stands, from the database
+alone (no request, no credentials, no ``PMP_BASE_URL``).
+
+For each customer ('' is the single-tenant default; without ``--customer`` every customer in
+the database is listed): systems with mappings over managed systems and over the systems DCAPI
+reports, whether the coverage target is met, the current snapshot and its state, the checkpoint
+page of the total, open and resolved gaps (page, error_type, attempts, last error) and the last
+run's time and outcome.
+
+Reads ``PMP_DATABASE_URL``, ``PMP_COVERAGE_TARGET``, ``PMP_TOTAL_SYSTEMS`` (settings or
+environment). Exit code 0 when the status was read; 1 when there is no database (it is never
+created), it holds no extraction data, a setting is invalid or the database cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from scrapy.commands import ScrapyCommand
+
+from pmp_scrapy.config import (
+    apply_environment,
+    coverage_target_from_settings,
+    database_url_from_settings,
+    total_systems_from_settings,
+)
+from pmp_scrapy.errors import ConfigError, StorageError
+from pmp_scrapy.extensions.checkpoint import target_systems
+from pmp_scrapy.storage.engine import safe_url
+from pmp_scrapy.storage.status import CustomerStatus, NoExtractionData, read_status
+
+if TYPE_CHECKING:
+    import argparse
+
+HINT = "run `scrapy crawl dcapi_patches` first"
+
+
+def _pct(part: int, whole: int | None) -> float | None:
+    return round(100.0 * part / whole, 1) if whole else None
+
+
+def summarise(status: CustomerStatus, target: float, total_systems: int | None) -> dict[str, Any]:
+    """The JSON-ready report of one customer."""
+    covered = status.systems_with_mappings
+    denominator = total_systems or status.managed_total or status.dcapi_total
+    needed = target_systems(target, denominator) if denominator else None
+    snapshot = status.snapshot or {}
+    checkpoint = status.checkpoint or {}
+    return {
+        "customer": status.customer,
+        "systems_with_mappings": covered,
+        "mappings": status.mappings if not status.customer else None,
+        "managed_systems": status.managed_total,
+        "dcapi_systems": status.dcapi_total,
+        "coverage_of_managed_pct": _pct(covered, status.managed_total),
+        "coverage_of_dcapi_pct": _pct(covered, status.dcapi_total),
+        "dcapi_omits": (status.managed_total - status.dcapi_total
+                        if status.managed_total and status.dcapi_total is not None else None),
+        "target": {"fraction": target, "denominator": denominator, "systems_needed": needed,
+                   "met": bool(needed) and covered >= (needed or 0)},
+        "snapshot": status.snapshot,
+        "checkpoint": {**checkpoint, "total_pages": snapshot.get("total_pages")} if status.checkpoint else None,
+        "gaps": {"open": [vars(g) for g in status.open_gaps], "resolved": [vars(g) for g in status.resolved_gaps]},
+        "last_run": status.last_run,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    """The human-readable form of one customer's report."""
+    t = report["target"]
+    lines = [f"customer: {report['customer'] or '(default)'}"]
+    covered = report["systems_with_mappings"]
+    cov = f"  coverage:  {covered:,} systems with mappings"
+    if report["mappings"] is not None:
+        cov += f" ({report['mappings']:,} mappings)"
+    lines.append(cov)
+    for label, key, pct in (("managed systems", "managed_systems", "coverage_of_managed_pct"),
+                            ("systems DCAPI reports", "dcapi_systems", "coverage_of_dcapi_pct")):
+        if report[key]:
+            lines.append(f"             {report[pct]}% of {report[key]:,} {label}")
+    if t["systems_needed"] is None:
+        lines.append("  target:    unknown (no managed-system count yet)")
+    else:
+        verdict = "MET" if t["met"] else f"NOT MET ({t['systems_needed'] - covered:,} short)"
+        lines.append(f"  target:    {t['fraction']:.0%} of {t['denominator']:,} = {t['systems_needed']:,} systems: {verdict}")
+        if not t["met"] and report["dcapi_omits"]:
+            lines.append(f"             DCAPI does not report {report['dcapi_omits']:,} managed systems "
+                         "(no patch records), so a sweep cannot cover them")
+    snap = report["snapshot"]
+    if snap is None:
+        lines.append("  snapshot:  none yet")
+    else:
+        lines.append(f"  snapshot:  {snap['snapshot_id']} ({snap['state']}), started {snap['started_at']}"
+                     + (f", completed {snap['completed_at']}" if snap["completed_at"] else ""))
+    point = report["checkpoint"]
+    if point is not None:
+        lines.append(f"  checkpoint: page {point['last_page']} of {point['total_pages'] or '?'} "
+                     f"(saved {point['updated_at']})")
+    open_gaps, resolved = report["gaps"]["open"], report["gaps"]["resolved"]
+    lines.append(f"  gaps:      {len(open_gaps)} open, {len(resolved)} resolved")
+    for title, rows in (("open", open_gaps), ("resolved", resolved)):
+        for gap in rows:
+            lines.append(f"    {title:<8} page {gap['page']:<5} {gap['error_type']:<18} "
+                         f"{gap['attempts']} attempt(s)  {gap['last_error'] or ''}")
+    run = report["last_run"]
+    if run is None:
+        lines.append("  last run:  none recorded")
+    else:
+        outcome = {0: "done", 1: "fatal", 2: "partial"}.get(run["exit_code"], "?")
+        lines.append(f"  last run:  finished {run['finished_at']} UTC, exit {run['exit_code']} ({outcome}): "
+                     f"{run['message'] or run['close_reason']}")
+    return "\n".join(lines)
+
+
+class Command(ScrapyCommand):
+    """See the module docstring."""
+
+    requires_project = True
+    requires_crawler_process = False
+    default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
+
+    def syntax(self) -> str:
+        return "[--json] [--customer NAME]"
+
+    def short_desc(self) -> str:
+        return "Show coverage, checkpoint, gaps and the last run (reads the database only)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        parser.add_argument("--json", action="store_true", help="print JSON for machines")
+        parser.add_argument("--customer", metavar="NAME", default=None,
+                            help="only this MSP customer ('' is the single-tenant default)")
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        assert self.settings is not None
+        settings = self.settings.copy()
+        apply_environment(settings)
+        url = ""
+        try:
+            url = database_url_from_settings(settings)
+            target = coverage_target_from_settings(settings)
+            total = total_systems_from_settings(settings)
+            statuses = read_status(url, opts.customer, busy_timeout=15.0)
+        except NoExtractionData as exc:
+            self._fail(opts, "no_data", f"{exc}; {HINT}")
+            return
+        except (ConfigError, StorageError) as exc:
+            message = str(exc)
+            kind = "no_database" if message.startswith("no database at") else "error"
+            self._fail(opts, kind, f"{message}; {HINT}" if kind == "no_database" else message)
+            return
+        reports = [summarise(s, target, total) for s in statuses]
+        if opts.json:
+            print(json.dumps({"database": safe_url(url), "customers": reports}, indent=2, default=str))
+        else:
+            print(f"pmp_scrapy status: {safe_url(url)}")
+            print("\n".join(render(r) for r in reports))
+
+    def _fail(self, opts: argparse.Namespace, kind: str, message: str) -> None:
+        self.exitcode = 1
+        if opts.json:
+            print(json.dumps({"error": kind, "message": message}))
+        print(f"pmp_scrapy: {message}", file=sys.stderr, flush=True)

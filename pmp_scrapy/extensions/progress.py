@@ -1,0 +1,115 @@
+"""ProgressBar: a live bar on the terminal (rich): pages done of the run's total, mappings,
+errors (pages that ended as gaps) and the time remaining.
+
+Reads ``PMP_PROGRESS``: ``auto`` (default) shows the bar only when stderr is a terminal and the
+run is not a scrapyd job, so cron and scrapyd stay silent; ``on`` forces it; ``off`` disables
+it. Listens to ``engine_started``, ``item_scraped`` and ``spider_closed``. Writes nothing; it
+shares :func:`pmp_scrapy.logformat.console` with the console log handler so log lines print
+above the bar.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+
+from pmp_scrapy.config import get_config
+from pmp_scrapy.items import PageGap, PatchPage
+from pmp_scrapy.logformat import console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from typing_extensions import Self
+
+    from scrapy.crawler import Crawler
+
+    from pmp_scrapy.plan import RunPlan
+
+
+def progress_wanted(setting: str, *, stderr_tty: bool, environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Whether to show the bar: ``on``, or ``auto`` on a terminal outside scrapyd."""
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return stderr_tty and "SCRAPY_JOB" not in environ
+
+
+def planned_pages(plan: RunPlan | None, total_pages: int | None) -> int | None:
+    """Pages this run will settle: its range of new pages plus the gaps it retries."""
+    if plan is None:
+        return None
+    pages = len(plan.retry_pages)
+    if plan.first_page is not None:
+        last = total_pages if plan.batch_end is None else (
+            plan.batch_end if total_pages is None else min(plan.batch_end, total_pages))
+        if last is None:
+            return None
+        pages += max(last - plan.first_page + 1, 0)
+    return pages
+
+
+class ProgressBar:
+    """See the module docstring."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        self.crawler = crawler
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+        self.total_pages: int | None = None
+        self.done = 0
+        self.mappings = 0
+        self.errors = 0
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        setting = get_config(crawler).progress
+        if not progress_wanted(setting, stderr_tty=sys.stderr.isatty(), environ=os.environ):
+            raise NotConfigured  # silent: cron, scrapyd and pipes get no bar
+        extension = cls(crawler)
+        crawler.signals.connect(extension.engine_started, signal=signals.engine_started)
+        crawler.signals.connect(extension.item_scraped, signal=signals.item_scraped)
+        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
+        return extension
+
+    @property
+    def plan(self) -> RunPlan | None:
+        return getattr(self.crawler.spider, "plan", None)
+
+    def engine_started(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        plan = self.plan
+        self.total_pages = plan.known_total_pages if plan else None
+        self.progress = Progress(
+            TextColumn("[bold]pages"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[mappings]:,} mappings"), TextColumn("{task.fields[errors]} errors"),
+            TextColumn("ETA"), TimeRemainingColumn(),
+            console=console(), transient=False, refresh_per_second=4,
+        )
+        self.task = self.progress.add_task("pages", total=planned_pages(plan, self.total_pages),
+                                           mappings=0, errors=0)
+        self.progress.start()
+
+    def item_scraped(self, item: Any) -> None:
+        if self.progress is None or self.task is None:
+            return
+        if isinstance(item, PatchPage):
+            self.total_pages = item.total_pages
+            self.mappings += sum(len(s.get("patches") or []) for s in item.systems if isinstance(s, dict))
+        elif isinstance(item, PageGap):
+            self.errors += 1
+        else:
+            return
+        self.done += 1
+        self.progress.update(self.task, completed=self.done, total=planned_pages(self.plan, self.total_pages),
+                             mappings=self.mappings, errors=self.errors)
+
+    def spider_closed(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,268 @@
+"""Shared fixtures: the simulator, temporary databases, in-process and subprocess crawls."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scrapy.crawler import CrawlerRunner
+from scrapy.settings import Settings
+
+from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario, Simulator
+from pmp_scrapy.spiders.dcapi_patches import DcapiPatchesSpider
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_ENV = ("PMP_CLIENT_ID", "PMP_CLIENT_SECRET", "PMP_REFRESH_TOKEN", "PMP_API_KEY", "SLACK_WEBHOOK_URL")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PMP_* value of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("PMP_") or name in SECRET_ENV or name in ("POST_EXTRACTION_HOOK", "DOWNLOAD_DELAY"):
+            monkeypatch.delenv(name, raising=False)
+    # Credentials come from the environment in tests; keep the real keyring out of it.
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+
+
+@pytest.fixture
+def simulator() -> Iterator[Simulator]:
+    """A fresh simulator (default data set, no faults) on an ephemeral port."""
+    with Simulator(scenario=Scenario()) as sim:
+        yield sim
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "pmp.db"
+
+
+def oauth_env(sim: Simulator) -> dict[str, str]:
+    """Environment carrying the simulator's OAuth credentials."""
+    return {
+        "PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"],
+        "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
+        "PMP_REFRESH_TOKEN": DEMO_CREDENTIALS["refresh_token"],
+    }
+
+
+def crawl_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
+    """Project settings pointed at ``sim`` and ``db_path``; ``overrides`` at command-line priority."""
+    settings = Settings()
+    settings.setmodule("pmp_scrapy.settings", priority="project")
+    values = {
+        "PMP_BASE_URL": sim.url,
+        "PMP_ACCOUNTS_URL": sim.url,
+        "PMP_DATABASE_URL": f"sqlite:///{db_path}",
+        "DOWNLOAD_DELAY": 0,
+        "AUTOTHROTTLE_ENABLED": False,
+        "PMP_BACKOFF_BASE": 0.05,
+        "LOG_LEVEL": "INFO",
+    }
+    values.update(overrides)
+    for name, value in values.items():
+        settings.set(name, value, priority="cmdline")
+    return settings
+
+
+@dataclass
+class CrawlResult:
+    stats: dict[str, Any]
+    exit_code: int | None
+    close_reason: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_crawl(settings: Settings, monkeypatch: pytest.MonkeyPatch | None = None,
+                    env: dict[str, str] | None = None, **spider_args: Any) -> CrawlResult:
+    """One real crawl in this process (pytest-twisted, asyncio reactor)."""
+    if env:
+        for name, value in env.items():
+            if monkeypatch is not None:
+                monkeypatch.setenv(name, value)
+            else:
+                os.environ[name] = value
+    runner = CrawlerRunner(settings)
+    crawler = runner.create_crawler(DcapiPatchesSpider)
+    await crawler.crawl(**spider_args)
+    stats = crawler.stats.get_stats()
+    return CrawlResult(stats, stats.get("pmp/exit_code"), stats.get("finish_reason"))
+
+
+def scrapy_command(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``scrapy ARGS`` in a subprocess, as a user or cron would run it."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PMP_") and k not in SECRET_ENV}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["SCRAPY_SETTINGS_MODULE"] = "pmp_scrapy.settings"
+    full_env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def db_rows(db_path: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read rows straight from the SQLite file, not through the project's code."""
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def mapping_table(db_path: Path) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """patch_system_mapping as {(resource_id, patch_id): fields}."""
+    rows = db_rows(db_path, "SELECT resource_id, patch_id, patchname, severity, patch_status, bulletinid, "
+                            "vendor_name, installed_time FROM patch_system_mapping")
+    return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+
+def expected_table(sim: Simulator, customer: str | None = None) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """What the simulator serves, in the same shape as :func:`mapping_table`."""
+    names = ("patchname", "severity", "patch_status", "bulletinid", "vendor_name", "installed_time")
+    return {(rid, pid): tuple(fields[n] for n in names) for rid, pid, fields in sim.expected_mappings(customer)}
+
+
+def page_request_times(sim: Simulator) -> list[float]:
+    return [r.t for r in sim.requests if r.kind == "page"]
+
+
+def max_requests_in_window(times: list[float], window: float = 1.0) -> int:
+    """Largest number of requests whose arrival times fit in a half-open ``window``."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def assert_no_secrets(blobs: dict[str, bytes | str], secrets: list[str]) -> None:
+    """No secret value appears in any of ``blobs`` (log, stdout, stderr, database bytes …)."""
+    for name, blob in blobs.items():
+        data = blob.encode("utf-8", "replace") if isinstance(blob, str) else blob
+        for secret in secrets:
+            if secret and secret.encode() in data:
+                raise AssertionError(f"a secret ({secret[:4]}…) appears in {name}")
+
+
+# --- Slack receiver and JSON log helpers (operations tests) ----------------------------------------
+
+@dataclass
+class SlackPost:
+    t: float
+    path: str
+    payload: dict[str, Any]
+    raw: bytes
+
+
+class SlackReceiver:
+    """A local stand-in for Slack's incoming webhook: records every POST and answers with
+    ``status`` (after ``delay`` seconds). Its URL is http on loopback, which the notifier accepts
+    for tests only (any other Slack URL must be https)."""
+
+    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.status, self.delay = status, delay
+        self.posts: list[SlackPost] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    payload = json.loads(raw)
+                except ValueError:
+                    payload = {}
+                receiver.posts.append(SlackPost(time.monotonic(), self.path, payload, raw))
+                if receiver.delay:
+                    time.sleep(receiver.delay)  # a thread of the test server, not the reactor
+                body = b"ok" if receiver.status == 200 else b"no_service"
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        # The path stands in for Slack's secret part: it must never reach a log.
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0SECRET/B0SECRET/hookSecret0123456789"
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.payload.get("text", "") for p in self.posts]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackReceiver]:
+    receiver = SlackReceiver()
+    yield receiver
+    receiver.close()
+
+
+def json_log_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON log file, parsed (fails on a line that is not one JSON object)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert all(isinstance(r, dict) for r in records)
+    return records
+
+
+def scrapy_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment :func:`scrapy_command` gives a subprocess (for callers needing Popen)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PMP_") and k not in SECRET_ENV}
+    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env["SCRAPY_SETTINGS_MODULE"] = "pmp_scrapy.settings"
+    full_env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
+    full_env.update(env or {})
+    return full_env
+
+
+def scrapy_on_terminal(args: list[str], *, env: dict[str, str], timeout: float = 120) -> tuple[int, str, str]:
+    """``scrapy ARGS`` with stderr on a pseudo-terminal (as a person at a shell); returns the exit
+    code, stdout and what the terminal showed."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    process = subprocess.Popen([sys.executable, "-m", "scrapy", *args], cwd=ROOT, env=scrapy_env(env),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        reader.join(timeout=5)
+        os.close(master)
+    return process.returncode, stdout.decode("utf-8", "replace"), b"".join(chunks).decode("utf-8", "replace")

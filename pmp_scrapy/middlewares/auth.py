@@ -166,18 +166,25 @@ class TokenMiddleware:
         return None
 
     async def _current_token(self) -> str:
+        """The token to send now; at most one refresh runs at a time and every caller shares it."""
         while True:
-            if self._refreshing is not None:
-                await asyncio.shield(self._refreshing)
-                continue
-            reason = self._refresh_reason()
-            if reason is None and self._token is not None:
-                return self._token
-            self._refreshing = asyncio.ensure_future(self._refresh(reason or "run_start"))
-            try:
-                await asyncio.shield(self._refreshing)
-            finally:
-                self._refreshing = None
+            refreshing = self._refreshing
+            if refreshing is None:
+                reason = self._refresh_reason()
+                if reason is None and self._token is not None:
+                    return self._token
+                refreshing = self._refreshing = asyncio.ensure_future(self._refresh_once(reason or "run_start"))
+            # shield: a cancelled page request must not cancel the refresh the others wait for
+            await asyncio.shield(refreshing)
+
+    async def _refresh_once(self, reason: str) -> None:
+        # The task clears its own slot before it completes: a waiter that wakes up must never
+        # see a finished refresh still registered (awaiting a done future does not yield, so
+        # it would spin forever).
+        try:
+            await self._refresh(reason)
+        finally:
+            self._refreshing = None
 
     async def _respect_budget(self) -> None:
         now = time.monotonic()

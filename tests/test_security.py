@@ -15,8 +15,8 @@ PERSONAL = ["admin@example.com", "10.20.30.40", "2001:db8::1"]  # in every simul
 def test_no_secret_or_personal_data_in_any_output(tmp_path: Path, slack: SlackReceiver) -> None:
     db_path, log_file = tmp_path / "pmp.db", tmp_path / "pmp.log"
     scenario = Scenario(
-        dataset=DatasetSpec(managed_systems=300, no_patch_share=0.0),
-        token_ttl=1.0,  # proactive refreshes during the run
+        dataset=DatasetSpec(managed_systems=600, no_patch_share=0.0),
+        token_ttl=2.0,  # proactive refreshes during the run (above the slot queue wait)
         faults=[Fault(page=2, kind="http_401", attempts=(1,)),  # a refresh on 401
                 Fault(page=3, kind="http_503", attempts=(1,)),  # retried, sample logged
                 Fault(page=5, kind="http_500"),  # a gap with a sample stored

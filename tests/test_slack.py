@@ -161,5 +161,6 @@ async def test_webhook_url_never_reaches_the_log(db_path: Path, monkeypatch: pyt
     assert result.exit_code == 0 and slack.posts
     text = log_file.read_text()
     assert "hookSecret0123456789" not in text and "T0SECRET" not in text
-    crawled = [r for r in json_log_lines(log_file) if r["message"].startswith("Crawled (200) <POST")]
+    crawled = [r for r in json_log_lines(log_file)
+               if r["message"].startswith("Crawled (200) <POST") and "/oauth/" not in r["message"]]
     assert crawled and all("[secret]" in r["message"] for r in crawled)

@@ -168,8 +168,9 @@ class SlackNotifier:
         passed = [m for m in MILESTONES if m not in self._passed and previous < m <= pct]
         if passed:
             self._passed.update(passed)
-            self._enqueue(f"📈 Coverage passed {max(passed)}%: {result.coverage:,} systems ({pct:.1f}%)\n"
-                          + self._block())
+            lines = [f"📈 Coverage passed {m}%" for m in passed]
+            lines[-1] += f": {result.coverage:,} systems ({pct:.1f}%)"
+            self._enqueue("\n".join(lines) + "\n" + self._block())
 
     def run_finished(self, summary: dict[str, Any]) -> None:
         self._finished.set()

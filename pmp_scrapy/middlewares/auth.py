@@ -136,11 +136,19 @@ class TokenMiddleware:
             self._stop("pmp_auth_failed", "the PMP server refused the API key (HTTP 401): check PMP_API_KEY")
             raise IgnoreRequest("API key refused")
         generation = request.meta.get("pmp_token_generation")
-        page_401s = int(request.meta.get("pmp_401_count", 0)) + 1
-        if generation == self._generation and generation not in self._failed_generations:
-            self._failed_generations.add(generation)
-            self._consecutive_401 += 1
+        page_401s = int(request.meta.get("pmp_401_count", 0))
+        if generation != self._generation:
+            pass  # a newer token exists already: retry with it, this says nothing about the credentials
+        elif self._expired():
+            # The token outlived its lifetime while the request waited for its download slot:
+            # an expiry, not a refusal. Refresh and retry without counting it.
             self._stale_reason = "unauthorized"
+        else:
+            page_401s += 1
+            if generation not in self._failed_generations:
+                self._failed_generations.add(generation)
+                self._consecutive_401 += 1
+                self._stale_reason = "unauthorized"
         if self._consecutive_401 >= MAX_CONSECUTIVE_401 or page_401s >= MAX_CONSECUTIVE_401:
             logger.critical(
                 "%d consecutive 401 responses despite fresh tokens: the OAuth client or its scope is "
@@ -156,6 +164,9 @@ class TokenMiddleware:
         return retry  # same page, at once, same attempt count
 
     # --- tokens ---------------------------------------------------------------------------------------
+    def _expired(self) -> bool:
+        return self._token is not None and time.monotonic() - self._obtained_at >= self._lifetime
+
     def _refresh_reason(self) -> str | None:
         if self._token is None:
             return "run_start" if self._generation == 0 else (self._stale_reason or "unauthorized")

@@ -213,10 +213,18 @@ class DcapiPatchesSpider(scrapy.Spider):
              body: bytes | None, status: int | None) -> PageGap:
         assert self.plan is not None
         self.crawler.stats.inc_value(f"pmp/gaps/{error_type}")
+        sample = response_sample(body) if body else None
+        attempts = self._attempts(meta)
+        logger.error(
+            "page %d failed after %d attempt(s) (%s: %s); recorded as a gap, the sweep goes on",
+            page, attempts, error_type, message,
+            extra={"event_type": "page_extraction_failed", "page": page, "attempt": attempts,
+                   "http_status": status, "error_type": error_type, "error_message": message,
+                   "response_sample": sample, "action": "skip_page"},
+        )
         return PageGap(
             snapshot_id=self.plan.snapshot_id, page=page, error_type=error_type,
-            error_message=message, response_sample=response_sample(body) if body else None,
-            attempts=self._attempts(meta), http_status=status,
+            error_message=message, response_sample=sample, attempts=attempts, http_status=status,
             retried_gap=meta.get("pmp_retried_gap", False),
         )
 

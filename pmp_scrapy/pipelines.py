@@ -73,6 +73,15 @@ class MappingPipeline:
             self._managed_total = item.managed_total
             await self._write(self.store.set_managed_total, item.snapshot_id, item.managed_total)
             return item
+        if not isinstance(item, (PatchPage, PageGap)):
+            return item
+        # Backpressure: while a full batch waits for the database, the page waits too. Its
+        # response stays in Scrapy's scraper slot, which stops the downloader, so memory holds
+        # at most two batches however fast PMP answers.
+        while self._page_count >= self.config.checkpoint_every and not self._failed:
+            await self.flush(only_if_full=True)
+        if self._failed:
+            raise DropItem("the database failed earlier in this run; nothing more is stored")
         batch = self._current_batch()
         if isinstance(item, PatchPage):
             rows = page_rows(item.systems, item.page)
@@ -95,11 +104,9 @@ class MappingPipeline:
                                "attempts": item.attempts, "http_status": item.http_status})
             if not item.retried_gap:
                 self._pages.append(item.page)
-        else:
-            return item
         self._page_count += 1
         if self._page_count >= self.config.checkpoint_every:
-            await self.flush()
+            await self.flush(only_if_full=True)
         return item
 
     async def close_spider(self) -> None:
@@ -115,11 +122,14 @@ class MappingPipeline:
         return (self.config.total_systems or self._managed_total or self.plan.known_managed_total
                 or self._total_records)
 
-    async def flush(self) -> None:
-        """Commit the buffered pages and move the checkpoint, in one transaction."""
+    async def flush(self, *, only_if_full: bool = False) -> None:
+        """Commit the buffered pages and move the checkpoint, in one transaction.
+        ``only_if_full``: do nothing if another caller has committed the batch meanwhile."""
         async with self._lock:
             batch, pages = self._batch, self._pages
             if batch is None or self._failed:
+                return
+            if only_if_full and self._page_count < self.config.checkpoint_every:
                 return
             self._batch, self._pages, self._page_count = None, [], 0
             watermark = self.plan.watermark

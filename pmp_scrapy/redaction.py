@@ -12,8 +12,10 @@ _EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![0-9A-Za-z:])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?![0-9A-Za-z:])")
 _SECRETS = re.compile(
-    r"(?i)((?:zoho-oauthtoken|bearer)\s+|(?:access_token|refresh_token|client_secret|api_key|apikey|token)"
-    r"[\"']?\s*[:=]\s*[\"']?)([^\s\"'&,;<>]+)"
+    r"(?i)((?:zoho-oauthtoken|bearer)\s+"
+    r"|(?:access_token|refresh_token|client_secret|api_key|apikey)[\"']?\s*[:=]\s*[\"']?"
+    # a bare "token" only as a parameter or a JSON key, not in prose ("a new token: Access Denied")
+    r"|\btoken=|\"token\"\s*:\s*\"?)([^\s\"'&,;<>]+)"
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,9 @@ def as_text(value: Any) -> str | None:
     if isinstance(value, (int, float)):
         return str(value)
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+_SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "vendor_name"})
 
 
 @dataclass
@@ -64,8 +68,12 @@ def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
                 continue
             if patch_id in by_patch:
                 result.duplicate_patches += 1
-            row = {"resource_id": resource_id, "patch_id": patch_id}
-            row.update({name_: as_text(patch.get(name_)) for name_ in MAPPING_FIELDS})
+            row = {"resource_id": resource_id, "patch_id": sys.intern(patch_id)}
+            for field_name in MAPPING_FIELDS:
+                text = as_text(patch.get(field_name))
+                # The same patch, severity and vendor recur on thousands of systems: one string
+                # each keeps a buffered batch small (spec NFR-1, peak RSS).
+                row[field_name] = sys.intern(text) if text is not None and field_name in _SHARED else text
             by_patch[patch_id] = row
         if not by_patch:
             result.empty_systems += 1

@@ -108,13 +108,7 @@ class WrongErrorType(AssertionError):
     """The gap was recorded correctly in every respect but its error_type."""
 
 
-TIMEOUT_BUG = pytest.mark.xfail(strict=True, raises=WrongErrorType, reason=(
-    "product bug: gap_type_for_failure (pmp_scrapy/spiders/dcapi_patches.py:53) does not know "
-    "scrapy.exceptions.DownloadTimeoutError, which Scrapy 2.19 raises for DOWNLOAD_TIMEOUT, so a "
-    "timed-out page is recorded as network_error instead of network_timeout"))
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=TIMEOUT_BUG) if c == "timeout" else c for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 @pytest_twisted.ensureDeferred
 async def test_broken_page_becomes_a_gap_then_heals(tmp_path: Path, db_path: Path, log_file: Path,
                                                     monkeypatch: pytest.MonkeyPatch, case: str) -> None:

@@ -50,6 +50,7 @@ TOKEN_BUDGET = 10  # Zoho: access tokens per refresh token
 TOKEN_BUDGET_WINDOW = 600.0  # … per 10 minutes
 TOKEN_TRIES = 3
 MAX_CONSECUTIVE_401 = 3
+MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
 
 
 def token_lifetime(payload: dict[str, Any], default: float) -> float:
@@ -172,9 +173,20 @@ class TokenMiddleware:
             return "run_start" if self._generation == 0 else (self._stale_reason or "unauthorized")
         if self._stale_reason:
             return self._stale_reason
-        if time.monotonic() - self._obtained_at > self.config.token_refresh_ratio * self._lifetime:
+        age_when_sent = time.monotonic() - self._obtained_at + self._queue_wait()
+        if age_when_sent > self.config.token_refresh_ratio * self._lifetime:
             return "proactive"
         return None
+
+    def _queue_wait(self) -> float:
+        """How long a request handed to the downloader now may wait for its slot: the token is
+        attached here, not when the request leaves, so its age at sending is later than now.
+        Capped so that a long AutoThrottle delay cannot make every request mint a token."""
+        downloader = getattr(self.crawler.engine, "downloader", None)
+        if downloader is None:
+            return 0.0
+        delay = max((slot.delay for slot in downloader.slots.values()), default=0.0)
+        return min(len(downloader.active) * delay, MAX_QUEUE_MARGIN * self._lifetime)
 
     async def _current_token(self) -> str:
         """The token to send now; at most one refresh runs at a time and every caller shares it."""

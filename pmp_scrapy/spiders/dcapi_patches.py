@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import scrapy
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest
+from scrapy.exceptions import DownloadTimeoutError, IgnoreRequest
 from twisted.internet.error import TCPTimedOutError, TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
@@ -50,7 +50,7 @@ def gap_type_for_status(status: int) -> str:
 
 def gap_type_for_failure(failure: Failure) -> str:
     """``network_timeout`` or ``network_error`` for a download that raised."""
-    if failure.check(TwistedTimeoutError, TCPTimedOutError, TimeoutError):
+    if failure.check(DownloadTimeoutError, TwistedTimeoutError, TCPTimedOutError, TimeoutError):
         return "network_timeout"
     return "network_error"
 

@@ -12,7 +12,6 @@ import pytest
 import pytest_twisted
 
 from conftest import (
-    assert_no_secrets,
     crawl_settings,
     db_rows,
     expected_table,
@@ -21,42 +20,13 @@ from conftest import (
     oauth_env,
     run_crawl,
 )
-from pmp_scrapy.logformat import uninstall_log_handler
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.simulator.data import Dataset
+from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
 RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
 FIELDS = ("patchname", "severity", "patch_status", "bulletinid", "vendor_name", "installed_time")
-
-
-_ISSUED: list[str] = []  # access tokens issued in the current test, for the console check
-
-
-@pytest.fixture(autouse=True)
-def console_has_no_secret(capfd: pytest.CaptureFixture[str]) -> Any:
-    """Whatever reached this process's stdout and stderr holds no secret either."""
-    _ISSUED.clear()
-    yield
-    out, err = capfd.readouterr()
-    assert_no_secrets({"stdout": out, "stderr": err}, [DEMO_CREDENTIALS["client_secret"],
-                      DEMO_CREDENTIALS["refresh_token"], DEMO_CREDENTIALS["api_key"], *_ISSUED])
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
-
-
-def assert_clean_outputs(sim: Simulator, tmp_path: Path, log_file: Path) -> None:
-    _ISSUED.extend(sim.issued_tokens)
-    blobs: dict[str, bytes | str] = {"log file": log_file.read_bytes()}
-    for path in tmp_path.iterdir():
-        if path.name.startswith("pmp.db"):
-            blobs[path.name] = path.read_bytes()
-    assert_no_secrets(blobs, [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"],
-                              *sim.issued_tokens])
 
 
 def events(log_file: Path, name: str) -> list[dict[str, Any]]:

@@ -21,47 +21,12 @@ from conftest import (
     oauth_env,
     run_crawl,
 )
-from pmp_scrapy.logformat import uninstall_log_handler
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
+from output_checks import assert_clean_outputs, console_has_no_secret, log_file, output_blobs  # noqa: F401 (fixtures)
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
 RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG", "DOWNLOAD_TIMEOUT": 0.5}
 PERSONAL = ["admin@example.com", "10.20.30.40", "2001:db8::1"]  # in every simulated error page
-
-
-_ISSUED: list[str] = []  # access tokens issued in the current test, for the console check
-
-
-@pytest.fixture(autouse=True)
-def console_has_no_secret(capfd: pytest.CaptureFixture[str]) -> Any:
-    """Whatever reached this process's stdout and stderr holds no secret either."""
-    _ISSUED.clear()
-    yield
-    out, err = capfd.readouterr()
-    assert_no_secrets({"stdout": out, "stderr": err}, [DEMO_CREDENTIALS["client_secret"],
-                      DEMO_CREDENTIALS["refresh_token"], DEMO_CREDENTIALS["api_key"], *_ISSUED])
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
-
-
-def outputs(tmp_path: Path, log_file: Path) -> dict[str, bytes | str]:
-    blobs: dict[str, bytes | str] = {"log file": log_file.read_bytes()}
-    for path in tmp_path.iterdir():
-        if path.name.startswith("pmp.db"):
-            blobs[path.name] = path.read_bytes()
-    return blobs
-
-
-def assert_clean_outputs(sim: Simulator, tmp_path: Path, log_file: Path) -> None:
-    _ISSUED.extend(sim.issued_tokens)
-    blobs = outputs(tmp_path, log_file)
-    assert_no_secrets(blobs, [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"],
-                              *sim.issued_tokens])
-    assert_no_secrets(blobs, PERSONAL)
 
 
 def page_requests(sim: Simulator, page: int, at_least: int = 0) -> list[Any]:
@@ -129,7 +94,7 @@ async def test_broken_page_becomes_a_gap_then_heals(tmp_path: Path, db_path: Pat
                                  env=oauth_env(sim))
         retried = [r.page for r in sim.requests if r.kind == "page"]
         healed = gap_rows(db_path)
-        assert_clean_outputs(sim, tmp_path, log_file)
+        assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
 
     # First run: the page is a gap, every other page is stored, exit 2.
     assert first.exit_code == 2, first.stats.get("pmp/exit_message")
@@ -171,7 +136,7 @@ async def test_max_attempts_is_honoured(tmp_path: Path, db_path: Path, log_file:
         settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_MAX_ATTEMPTS=2, **RUN)
         result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
         seen = page_requests(sim, 6)
-        assert_clean_outputs(sim, tmp_path, log_file)
+        assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2
     assert len(seen) == 2
     assert [r[:3] for r in gap_rows(db_path)] == [(6, "5xx_server_error", 2)]
@@ -188,7 +153,7 @@ async def test_many_broken_pages_do_not_abort_the_sweep(tmp_path: Path, db_path:
         result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
                                  env=oauth_env(sim))
         expected = expected_table(sim)
-        assert_clean_outputs(sim, tmp_path, log_file)
+        assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2 and result.close_reason == "finished"
     assert [r[:2] for r in gap_rows(db_path)] == [(2, "5xx_server_error"), (3, "json_parse_error"),
                                                   (5, "network_error"), (6, "invalid_payload"),
@@ -210,7 +175,7 @@ async def test_large_sample_is_cut_to_1kb_and_redacted(tmp_path: Path, db_path: 
     with Simulator(scenario=Scenario(dataset=SMALL, faults=[fault])) as sim:
         result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
                                  env=oauth_env(sim))
-        assert_clean_outputs(sim, tmp_path, log_file)
+        assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2
     [(_, error_type, _, sample, _, _)] = gap_rows(db_path)
     assert error_type == "json_parse_error"
@@ -218,5 +183,5 @@ async def test_large_sample_is_cut_to_1kb_and_redacted(tmp_path: Path, db_path: 
     assert len(sample.encode("utf-8")) <= 1024
     for leaked in ("ops.team@example.com", "192.168.100.200", "fe80::1:2", "ops.team", "192.168.", "@example"):
         assert leaked not in sample
-    blobs = outputs(tmp_path, log_file)
+    blobs = output_blobs(tmp_path, log_file)
     assert_no_secrets(blobs, ["ops.team@example.com", "192.168.100.200", "root@example.org", "10.0.0.1"])

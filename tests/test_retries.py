@@ -13,7 +13,6 @@ import pytest
 import pytest_twisted
 
 from conftest import (
-    assert_no_secrets,
     crawl_settings,
     db_rows,
     expected_table,
@@ -24,8 +23,8 @@ from conftest import (
     page_request_times,
     run_crawl,
 )
-from pmp_scrapy.logformat import uninstall_log_handler
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
+from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
 RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
@@ -43,35 +42,6 @@ def assert_at_most_4_a_second(times: list[float]) -> None:
     spacing = sorted(b - a for a, b in zip(times, times[1:]))
     assert spacing[len(spacing) // 2] >= 0.245, spacing  # the median: the pacing is 0.25 s
     assert max_requests_in_window(times, window=0.9) <= 4, spacing
-
-
-_ISSUED: list[str] = []  # access tokens issued in the current test, for the console check
-
-
-@pytest.fixture(autouse=True)
-def console_has_no_secret(capfd: pytest.CaptureFixture[str]) -> Any:
-    """Whatever reached this process's stdout and stderr holds no secret either."""
-    _ISSUED.clear()
-    yield
-    out, err = capfd.readouterr()
-    assert_no_secrets({"stdout": out, "stderr": err}, [DEMO_CREDENTIALS["client_secret"],
-                      DEMO_CREDENTIALS["refresh_token"], DEMO_CREDENTIALS["api_key"], *_ISSUED])
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
-
-
-def assert_clean_outputs(sim: Simulator, tmp_path: Path, log_file: Path) -> None:
-    _ISSUED.extend(sim.issued_tokens)
-    blobs: dict[str, bytes | str] = {"log file": log_file.read_bytes()}
-    for path in tmp_path.iterdir():
-        if path.name.startswith("pmp.db"):
-            blobs[path.name] = path.read_bytes()
-    assert_no_secrets(blobs, [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"],
-                              *sim.issued_tokens])
 
 
 def attempts_of(sim: Simulator, page: int, at_least: int = 0) -> list[Any]:

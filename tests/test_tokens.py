@@ -24,45 +24,11 @@ from conftest import (
     run_crawl,
     scrapy_command,
 )
-from pmp_scrapy.logformat import uninstall_log_handler
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
+from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
 RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
-
-
-_ISSUED: list[str] = []  # access tokens issued in the current test, for the console check
-
-
-@pytest.fixture(autouse=True)
-def console_has_no_secret(capfd: pytest.CaptureFixture[str]) -> Any:
-    """Whatever reached this process's stdout and stderr holds no secret either."""
-    _ISSUED.clear()
-    yield
-    out, err = capfd.readouterr()
-    assert_no_secrets({"stdout": out, "stderr": err}, [DEMO_CREDENTIALS["client_secret"],
-                      DEMO_CREDENTIALS["refresh_token"], DEMO_CREDENTIALS["api_key"], *_ISSUED])
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
-
-
-def assert_clean_outputs(sim: Simulator, tmp_path: Path, log_file: Path, *texts: str) -> None:
-    """No client secret, refresh token, API key or issued access token in the log, the
-    database files or any captured text."""
-    _ISSUED.extend(sim.issued_tokens)
-    blobs: dict[str, bytes | str] = {"log file": log_file.read_bytes() if log_file.exists() else b""}
-    for path in tmp_path.iterdir():
-        if path.name.startswith("pmp.db"):
-            blobs[path.name] = path.read_bytes()
-    for k, text in enumerate(texts):
-        blobs[f"text {k}"] = text
-    secrets = [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"],
-               DEMO_CREDENTIALS["api_key"], *sim.issued_tokens]
-    assert_no_secrets(blobs, secrets)
 
 
 def refreshes(log_file: Path) -> list[dict[str, Any]]:

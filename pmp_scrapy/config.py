@@ -353,6 +353,8 @@ def apply_spider_arguments(settings: BaseSettings, arguments: Mapping[str, Any])
 
     Unknown arguments are refused by name, so a typo never silently changes nothing."""
     for name, value in arguments.items():
+        if name.startswith("_"):
+            continue  # a scheduler's own argument (scrapyd passes _job=<id>), not ours
         if name not in SPIDER_ARGUMENTS:
             known = ", ".join(sorted(SPIDER_ARGUMENTS))
             raise ConfigError(f"unknown spider argument {name!r} (known: {known})")

@@ -51,7 +51,7 @@ def summarise(status: CustomerStatus, target: float, total_systems: int | None) 
     return {
         "customer": status.customer,
         "systems_with_mappings": covered,
-        "mappings": status.mappings if not status.customer else None,
+        "mappings": status.mappings,
         "managed_systems": status.managed_total,
         "dcapi_systems": status.dcapi_total,
         "coverage_of_managed_pct": _pct(covered, status.managed_total),

@@ -1,5 +1,19 @@
 """Opens the database: SQLAlchemy engine, SQLite file safety (parent directories, mode 0600,
-WAL, busy timeout), and schema creation that tolerates concurrent jobs."""
+WAL, busy timeout), and schema creation that tolerates concurrent jobs.
+
+Concurrency (several jobs, e.g. one per MSP customer, writing one database):
+
+- SQLite: pysqlite's own transaction handling is switched off and every transaction is begun
+  explicitly. Write transactions (``WRITE`` execution option, see :func:`writer`) start with
+  ``BEGIN IMMEDIATE``: they take SQLite's single write lock up front and wait for it up to the
+  busy timeout, instead of starting as readers and failing with "database is locked" when
+  they try to upgrade (the busy timeout does not apply to that upgrade in WAL mode). Readers
+  never wait (WAL). Schema creation runs in one such transaction, so two jobs creating a new
+  file at once do not race on ``CREATE TABLE``.
+- PostgreSQL: sessions run in UTC (server-side ``CURRENT_TIMESTAMP`` defaults match the naive
+  UTC the code writes), schema creation is serialised by a transaction-scoped advisory lock,
+  and ``application_name`` names the job in ``pg_stat_activity``.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +33,25 @@ from pmp_scrapy.storage.schema import metadata
 logger = logging.getLogger(__name__)
 
 _PRIVATE = stat.S_IRUSR | stat.S_IWUSR
+
+WRITE = "pmp_write"
+"""Execution option marking a connection whose transaction will write (SQLite: BEGIN IMMEDIATE)."""
+
+SCHEMA_LOCK_KEY = zlib.crc32(b"pmp_scrapy schema")
+SNAPSHOT_LOCK_KEY = zlib.crc32(b"pmp_scrapy snapshot ids")
+
+
+def writer(engine: Engine) -> Engine:
+    """A view of ``engine`` whose transactions are write transactions (same pool)."""
+    return engine.execution_options(**{WRITE: True})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error is a concurrency conflict that a fresh transaction can clear:
+    a PostgreSQL deadlock, serialisation failure or lock timeout. (A locked SQLite database is
+    not: the busy timeout has already been waited out, and that wait is the user's setting.)"""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) in ("40P01", "40001", "55P03")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -81,6 +114,9 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
             kwargs["connect_args"] = {"timeout": busy_timeout}
         else:
             kwargs["pool_pre_ping"] = True
+            if make_url(url).get_backend_name() == "postgresql":
+                kwargs["connect_args"] = {"options": "-c timezone=UTC", "application_name": "pmp_scrapy",
+                                          "connect_timeout": 10}
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError, SQLAlchemyError) as exc:
         raise StorageError(f"cannot open database {safe_url(url)}: {describe_error(exc)}") from None
@@ -88,6 +124,8 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
     if path is not None:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            # Transactions are begun by _sqlite_begin, not implicitly by the driver.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             try:
                 if create:
@@ -97,13 +135,16 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
             finally:
                 cursor.close()
 
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
     if create:
         try:
-            with engine.begin() as conn:
+            with writer(engine).begin() as conn:
                 if engine.dialect.name == "postgresql":
                     # Two jobs starting together would race on CREATE TABLE otherwise.
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
-                                 {"key": zlib.crc32(b"pmp_scrapy schema")})
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(conn, checkfirst=True)
         except SQLAlchemyError as exc:
             engine.dispose()

@@ -87,8 +87,11 @@ def _customer_status(conn: Connection, store: Store, customer: str, tables: set[
     status = CustomerStatus(customer=customer)
     if patch_system_mapping.name in tables and (not customer or systems.name in tables):
         status.systems_with_mappings = store.coverage(customer)
-        if not customer:
-            status.mappings = int(conn.execute(select(func.count()).select_from(patch_system_mapping)).scalar_one())
+        query = select(func.count()).select_from(patch_system_mapping)
+        if customer:
+            query = query.where(patch_system_mapping.c.resource_id.in_(
+                select(systems.c.resource_id).where(systems.c.customer == customer)))
+        status.mappings = int(conn.execute(query).scalar_one())
     if snapshots.name in tables:
         def latest(column: Any) -> Any:
             return conn.execute(select(column).where(snapshots.c.customer == customer, column.is_not(None))

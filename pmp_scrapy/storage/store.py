@@ -9,17 +9,26 @@ mapping rows, gaps and the checkpoint that covers them commit together or not at
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
-from pmp_scrapy.storage.engine import describe_error, make_private, open_engine, sqlite_path
+from pmp_scrapy.storage.engine import (
+    SNAPSHOT_LOCK_KEY,
+    describe_error,
+    is_transient,
+    make_private,
+    open_engine,
+    sqlite_path,
+    writer,
+)
 from pmp_scrapy.storage.schema import (
     MAPPING_FIELDS,
     checkpoints,
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _CHUNK = 2000
+_TRANSIENT_ATTEMPTS = 3
 
 
 def utcnow() -> datetime:
@@ -120,14 +130,24 @@ class Store:
         return self.engine.dialect.name
 
     def _run(self, what: str, fn: Any, *args: Any, write: bool = True) -> Any:
-        try:
-            if write:
-                with self.engine.begin() as conn:
+        """``fn(conn, *args)`` in one transaction. A write transaction that PostgreSQL aborts
+        for a concurrency conflict (deadlock, serialisation failure) is run again, a few times:
+        every write here is an idempotent upsert or a fresh insert, so a repeat is safe."""
+        for attempt in range(1, _TRANSIENT_ATTEMPTS + 1):
+            try:
+                if write:
+                    with writer(self.engine).begin() as conn:
+                        return fn(conn, *args)
+                with self.engine.connect() as conn:
                     return fn(conn, *args)
-            with self.engine.connect() as conn:
-                return fn(conn, *args)
-        except SQLAlchemyError as exc:
-            raise StorageError(f"database error while {what}: {describe_error(exc)}") from None
+            except SQLAlchemyError as exc:
+                if write and attempt < _TRANSIENT_ATTEMPTS and is_transient(exc):
+                    logger.warning("database conflict while %s (%s); retrying the transaction",
+                                   what, describe_error(exc), extra={"event_type": "db_retry", "attempt": attempt})
+                    time.sleep(0.2 * attempt)
+                    continue
+                raise StorageError(f"database error while {what}: {describe_error(exc)}") from None
+        raise AssertionError("unreachable")
 
     # --- reads ------------------------------------------------------------------------------------
     def coverage(self, customer: str) -> int:
@@ -208,6 +228,10 @@ class Store:
 
     @staticmethod
     def _start_snapshot(conn: Connection, customer: str, page_limit: int, abandon: int | None) -> int:
+        if conn.dialect.name == "postgresql":
+            # Jobs of other customers allocate ids from the same sequence of max()+1: take
+            # turns (SQLite's BEGIN IMMEDIATE already serialises writers).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SNAPSHOT_LOCK_KEY})
         if abandon is not None:
             conn.execute(update(snapshots).where(
                 snapshots.c.snapshot_id == abandon, snapshots.c.state == "running"

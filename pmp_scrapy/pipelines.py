@@ -44,7 +44,8 @@ class MappingPipeline:
         self.config = get_config(crawler)
         self.store = get_store(crawler)
         self.stats = crawler.stats
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # one commit at a time
+        self._admit = asyncio.Lock()  # pages enter batches one at a time, in arrival order
         self._batch: Batch | None = None
         self._pages: list[int] = []
         self._page_count = 0
@@ -75,13 +76,22 @@ class MappingPipeline:
             return item
         if not isinstance(item, (PatchPage, PageGap)):
             return item
-        # Backpressure: while a full batch waits for the database, the page waits too. Its
-        # response stays in Scrapy's scraper slot, which stops the downloader, so memory holds
-        # at most two batches however fast PMP answers.
-        while self._page_count >= self.config.checkpoint_every and not self._failed:
+        # Pages join batches in the order they arrive (asyncio.Lock wakes its waiters in order),
+        # so the checkpoint keeps up. Backpressure: while a full batch waits for the database,
+        # the arriving page waits too; its response stays in Scrapy's scraper slot, which stops
+        # the downloader, so memory holds at most two batches however fast PMP answers.
+        async with self._admit:
+            if self._page_count >= self.config.checkpoint_every:
+                await self.flush(only_if_full=True)
+            if self._failed:
+                raise DropItem("the database failed earlier in this run; nothing more is stored")
+            self._add(item)
+        if self._page_count >= self.config.checkpoint_every:
             await self.flush(only_if_full=True)
-        if self._failed:
-            raise DropItem("the database failed earlier in this run; nothing more is stored")
+        return item
+
+    def _add(self, item: PatchPage | PageGap) -> None:
+        """Turn a page into rows (or a gap) in the current batch."""
         batch = self._current_batch()
         if isinstance(item, PatchPage):
             rows = page_rows(item.systems, item.page)
@@ -105,9 +115,6 @@ class MappingPipeline:
             if not item.retried_gap:
                 self._pages.append(item.page)
         self._page_count += 1
-        if self._page_count >= self.config.checkpoint_every:
-            await self.flush(only_if_full=True)
-        return item
 
     async def close_spider(self) -> None:
         """Commit whatever is buffered, so a clean stop loses nothing."""

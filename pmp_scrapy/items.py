@@ -1,10 +1,12 @@
 """Items the spider yields: one per page fetched, one per page that could not be fetched, and
-the managed-system total. Systems travel as received; the pipeline normalises them."""
+the managed-system total. A page's systems travel as normalised rows (:mod:`pmp_scrapy.rows`),
+never as the parsed JSON, which is several times their size."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from pmp_scrapy.rows import PageRows
 
 
 @dataclass
@@ -15,7 +17,7 @@ class PatchPage:
     page: int
     total_pages: int
     total_records: int
-    systems: list[dict[str, Any]] = field(default_factory=list)
+    rows: PageRows = field(default_factory=PageRows)
     retried_gap: bool = False
 
 

@@ -22,7 +22,6 @@ from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
-from pmp_scrapy.rows import page_rows
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, get_store
 
@@ -94,7 +93,7 @@ class MappingPipeline:
         """Turn a page into rows (or a gap) in the current batch."""
         batch = self._current_batch()
         if isinstance(item, PatchPage):
-            rows = page_rows(item.systems, item.page)
+            rows = item.rows
             batch.mappings.extend(rows.mappings)
             batch.systems.extend(rows.systems)
             batch.total_pages = item.total_pages

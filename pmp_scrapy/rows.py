@@ -1,4 +1,7 @@
-"""Turns systems as DCAPI sends them into mapping rows (no HTTP, no SQL)."""
+"""Turns systems as DCAPI sends them into mapping rows (no HTTP, no SQL).
+
+The spider calls :func:`page_rows` as soon as a page is parsed, so a page's JSON lives only
+for the moment it takes to read it; from then on only the compact rows travel (spec NFR-1)."""
 
 from __future__ import annotations
 
@@ -28,14 +31,23 @@ def as_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+#: One ``patch_system_mapping`` row, values in ``schema.MAPPING_ROW_FIELDS`` order. A tuple, not a dict:
+#: a commit batch holds some 15,000 of them, and a tuple is a third of the size.
+MappingRow = tuple[str | None, ...]
+
 _SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "vendor_name"})
+
+
+def _shared_text(value: Any) -> str | None:
+    text = as_text(value)
+    return sys.intern(text) if text is not None else None
 
 
 @dataclass
 class PageRows:
     """The rows of one page and what was skipped."""
 
-    mappings: list[dict[str, Any]] = field(default_factory=list)
+    mappings: list[MappingRow] = field(default_factory=list)
     systems: list[dict[str, Any]] = field(default_factory=list)
     skipped_patches: int = 0
     skipped_systems: int = 0
@@ -57,7 +69,7 @@ def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
         patches = system.get("patches")
         if not isinstance(patches, list):
             patches = []
-        by_patch: dict[str, dict[str, Any]] = {}
+        by_patch: dict[str, MappingRow] = {}
         for patch in patches:
             patch_id = as_text(patch.get("patch_id")) if isinstance(patch, dict) else None
             if not patch_id:
@@ -68,13 +80,11 @@ def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
                 continue
             if patch_id in by_patch:
                 result.duplicate_patches += 1
-            row = {"resource_id": resource_id, "patch_id": sys.intern(patch_id)}
-            for field_name in MAPPING_FIELDS:
-                text = as_text(patch.get(field_name))
-                # The same patch, severity and vendor recur on thousands of systems: one string
-                # each keeps a buffered batch small (spec NFR-1, peak RSS).
-                row[field_name] = sys.intern(text) if text is not None and field_name in _SHARED else text
-            by_patch[patch_id] = row
+            # The same patch, severity and vendor recur on thousands of systems: one string
+            # each keeps a buffered batch small (spec NFR-1, peak RSS).
+            by_patch[patch_id] = (resource_id, sys.intern(patch_id),
+                                  *(_shared_text(patch.get(column)) if column in _SHARED else as_text(patch.get(column))
+                                    for column in MAPPING_FIELDS))
         if not by_patch:
             result.empty_systems += 1
             logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,

@@ -26,6 +26,7 @@ from conftest import crawl_settings, expected_table, oauth_env, run_crawl
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.storage import Batch, Store
 from pmp_scrapy.storage.status import read_status
+from pmp_scrapy.storage.schema import MAPPING_ROW_FIELDS
 
 # Read at import: the autouse clean_environment fixture removes PMP_* variables from each test.
 PG_ADMIN_URL = os.environ.get("PMP_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -119,12 +120,12 @@ def url_mapping_table(url: str, customer: str | None = None) -> dict[tuple[str, 
     return {(r[0], r[1]): tuple(r[2:]) for r in url_rows(query=query, url=url, **params)}
 
 
-def mapping(rid: str, pid: str, status: str = "Missing", **fields: Any) -> dict[str, Any]:
+def mapping(rid: str, pid: str, status: str = "Missing", **fields: Any) -> tuple[str | None, ...]:
     row = {"resource_id": rid, "patch_id": pid, "patchname": f"KB{pid}.msu", "severity": "Critical",
            "patch_status": status, "bulletinid": f"MS-{pid}", "vendor_name": "Microsoft",
            "installed_time": None}
     row.update(fields)
-    return row
+    return tuple(row[name] for name in MAPPING_ROW_FIELDS)
 
 
 def system(rid: str, count: int, page: int) -> dict[str, Any]:

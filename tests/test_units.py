@@ -165,6 +165,6 @@ def test_rows_normalise_ids_skip_and_dedupe() -> None:
         {"resource_name": "no id at all", "patches": []},
     ]
     rows = page_rows(systems, 1)
-    assert [(m["resource_id"], m["patch_id"]) for m in rows.mappings] == [("10001", "5")]
+    assert rows.mappings == [("10001", "5", "a", "Critical", "Installed", None, "Microsoft", "1634567890000")]
     assert (rows.duplicate_patches, rows.skipped_patches, rows.empty_systems, rows.skipped_systems) == (1, 1, 1, 1)
     assert [s["resource_id"] for s in rows.systems] == ["10001", "10002"]

@@ -100,7 +100,7 @@ class ProgressBar:
             return
         if isinstance(item, PatchPage):
             self.total_pages = item.total_pages
-            self.mappings += sum(len(s.get("patches") or []) for s in item.systems if isinstance(s, dict))
+            self.mappings += len(item.rows.mappings)
         elif isinstance(item, PageGap):
             self.errors += 1
         else:

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from pmp_scrapy.config import apply_spider_arguments, get_config, parse_flag
 from pmp_scrapy.envelope import PayloadError, parse_envelope
 from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.rows import page_rows
 from pmp_scrapy.redaction import redact, response_sample
 
 if TYPE_CHECKING:
@@ -188,10 +189,13 @@ class DcapiPatchesSpider(scrapy.Spider):
                 if not envelope.systems and page < envelope.total_pages:
                     logger.warning("page %d of %d has no systems", page, envelope.total_pages,
                                    extra={"event_type": "empty_page", "page": page})
-                yield PatchPage(
+                item = PatchPage(
                     snapshot_id=self.plan.snapshot_id, page=page, total_pages=envelope.total_pages,
-                    total_records=envelope.total_records, systems=envelope.systems, retried_gap=retried,
+                    total_records=envelope.total_records, rows=page_rows(envelope.systems, page),
+                    retried_gap=retried,
                 )
+                del envelope  # the parsed JSON goes now, not when this generator resumes
+                yield item
         if not retried:
             yield from self._more_pages()
 

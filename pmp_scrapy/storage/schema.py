@@ -154,3 +154,6 @@ MAPPING_FIELDS: tuple[str, ...] = (
     "vendor_name",
     "installed_time",
 )
+
+#: The order of values in a mapping row tuple (``rows.MappingRow``).
+MAPPING_ROW_FIELDS: tuple[str, ...] = ("resource_id", "patch_id", *MAPPING_FIELDS)

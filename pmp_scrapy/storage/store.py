@@ -31,6 +31,7 @@ from pmp_scrapy.storage.engine import (
 )
 from pmp_scrapy.storage.schema import (
     MAPPING_FIELDS,
+    MAPPING_ROW_FIELDS,
     checkpoints,
     gap_state,
     gaps,
@@ -42,6 +43,8 @@ from pmp_scrapy.storage.schema import (
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
+
+    from pmp_scrapy.rows import MappingRow
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class Batch:
 
     snapshot_id: int
     customer: str
-    mappings: list[dict[str, Any]] = field(default_factory=list)
+    mappings: list[MappingRow] = field(default_factory=list)
     systems: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     healed_pages: list[int] = field(default_factory=list)
@@ -265,15 +268,17 @@ class Store:
         now = utcnow()
         # One row per key: PostgreSQL refuses to update the same row twice in one statement,
         # and a sorted order keeps two concurrent jobs from deadlocking on each other's keys.
-        mappings = sorted({(m["resource_id"], m["patch_id"]): m for m in batch.mappings}.items())
+        # The later page wins when a system moved between pages during the sweep.
+        latest = {row[:2]: row for row in batch.mappings}
+        keys = sorted(latest)
         stmt = dialect_insert(patch_system_mapping)
         stmt = stmt.on_conflict_do_update(
             index_elements=["resource_id", "patch_id"],
             set_={name: stmt.excluded[name] for name in MAPPING_FIELDS},
         )
-        rows = [row for _, row in mappings]
-        for start in range(0, len(rows), _CHUNK):
-            conn.execute(stmt, rows[start:start + _CHUNK])
+        for start in range(0, len(keys), _CHUNK):
+            conn.execute(stmt, [dict(zip(MAPPING_ROW_FIELDS, latest[key])) for key in keys[start:start + _CHUNK]])
+        del latest, keys
 
         if batch.systems:
             by_id = sorted({s["resource_id"]: s for s in batch.systems}.items())

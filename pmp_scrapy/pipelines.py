@@ -76,17 +76,15 @@ class MappingPipeline:
         if not isinstance(item, (PatchPage, PageGap)):
             return item
         # Pages join batches in the order they arrive (asyncio.Lock wakes its waiters in order),
-        # so the checkpoint keeps up. Backpressure: while a full batch waits for the database,
-        # the arriving page waits too; its response stays in Scrapy's scraper slot, which stops
-        # the downloader, so memory holds at most two batches however fast PMP answers.
+        # so the checkpoint keeps up. Backpressure: while a full batch commits, arriving pages
+        # wait; their responses stay in Scrapy's scraper slot, which stops the downloader once
+        # SCRAPER_SLOT_MAX_ACTIVE_SIZE is reached. Memory holds one batch however fast PMP answers.
         async with self._admit:
-            if self._page_count >= self.config.checkpoint_every:
-                await self.flush(only_if_full=True)
             if self._failed:
                 raise DropItem("the database failed earlier in this run; nothing more is stored")
             self._add(item)
-        if self._page_count >= self.config.checkpoint_every:
-            await self.flush(only_if_full=True)
+            if self._page_count >= self.config.checkpoint_every:
+                await self.flush()
         return item
 
     def _add(self, item: PatchPage | PageGap) -> None:
@@ -94,7 +92,7 @@ class MappingPipeline:
         batch = self._current_batch()
         if isinstance(item, PatchPage):
             rows = item.rows
-            batch.mappings.extend(rows.mappings)
+            batch.add_mappings(rows.mappings)
             batch.systems.extend(rows.systems)
             batch.total_pages = item.total_pages
             batch.total_records = self._total_records = item.total_records
@@ -128,14 +126,11 @@ class MappingPipeline:
         return (self.config.total_systems or self._managed_total or self.plan.known_managed_total
                 or self._total_records)
 
-    async def flush(self, *, only_if_full: bool = False) -> None:
-        """Commit the buffered pages and move the checkpoint, in one transaction.
-        ``only_if_full``: do nothing if another caller has committed the batch meanwhile."""
+    async def flush(self) -> None:
+        """Commit the buffered pages and move the checkpoint, in one transaction."""
         async with self._lock:
             batch, pages = self._batch, self._pages
             if batch is None or self._failed:
-                return
-            if only_if_full and self._page_count < self.config.checkpoint_every:
                 return
             self._batch, self._pages, self._page_count = None, [], 0
             watermark = self.plan.watermark
@@ -153,7 +148,7 @@ class MappingPipeline:
                 watermark.mark(page)
         healed = len(batch.healed_pages)
         self.stats.inc_value("pmp/pages_committed", len(pages))
-        self.stats.inc_value("pmp/mappings_upserted", len(batch.mappings))
+        self.stats.inc_value("pmp/mappings_upserted", batch.mapping_count)
         self.stats.inc_value("pmp/gaps_recorded", len(batch.gaps))
         self.stats.inc_value("pmp/gaps_healed", healed)
         self.stats.set_value("pmp/checkpoint_page", result.last_page)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +37,19 @@ MappingRow = tuple[str | None, ...]
 _SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "vendor_name"})
 
 
+# One string object per distinct patch name, severity, vendor... for the whole run. Not
+# sys.intern: thousands of patch names would grow the interpreter's own table for good.
+_shared_strings: dict[str, str] = {}
+_SHARED_LIMIT = 200_000  # a catalog far larger than any PMP's; past it, start afresh
+
+
 def _shared_text(value: Any) -> str | None:
     text = as_text(value)
-    return sys.intern(text) if text is not None else None
+    if text is None:
+        return None
+    if len(_shared_strings) >= _SHARED_LIMIT:
+        _shared_strings.clear()
+    return _shared_strings.setdefault(text, text)
 
 
 @dataclass
@@ -82,7 +91,7 @@ def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
                 result.duplicate_patches += 1
             # The same patch, severity and vendor recur on thousands of systems: one string
             # each keeps a buffered batch small (spec NFR-1, peak RSS).
-            by_patch[patch_id] = (resource_id, sys.intern(patch_id),
+            by_patch[patch_id] = (resource_id, _shared_text(patch_id),
                                   *(_shared_text(patch.get(column)) if column in _SHARED else as_text(patch.get(column))
                                     for column in MAPPING_FIELDS))
         if not by_patch:

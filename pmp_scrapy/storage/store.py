@@ -9,14 +9,15 @@ mapping rows, gaps and the checkpoint that covers them commit together or not at
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import InitVar, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_CHUNK = 2000
+_CHUNK = 500  # rows a statement: SQLAlchemy's parameter copies stay small (NFR-1)
 _TRANSIENT_ATTEMPTS = 3
 
 
@@ -72,11 +73,15 @@ class RunState:
 
 @dataclass
 class Batch:
-    """Rows of several pages to commit in one transaction."""
+    """Rows of several pages to commit in one transaction.
+
+    Mapping rows are kept pickled, one ``bytes`` per page, until the commit unpacks them a page
+    at a time: ten pages of live tuples cost some 4 MB, pickled about a fifth of that, and the
+    peak RSS budget is 100 MB (spec NFR-1). ``mappings`` given to the constructor are one page."""
 
     snapshot_id: int
     customer: str
-    mappings: list[MappingRow] = field(default_factory=list)
+    mappings: InitVar[list[MappingRow] | None] = None
     systems: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[dict[str, Any]] = field(default_factory=list)
     healed_pages: list[int] = field(default_factory=list)
@@ -84,6 +89,23 @@ class Batch:
     total_pages: int | None = None
     total_records: int | None = None
     denominator: int | None = None
+    mapping_count: int = 0
+    _packed_pages: list[bytes] = field(default_factory=list, repr=False)
+
+    def __post_init__(self, mappings: list[MappingRow] | None) -> None:
+        if mappings:
+            self.add_mappings(mappings)
+
+    def add_mappings(self, rows: list[MappingRow]) -> None:
+        """Buffer one page's mapping rows."""
+        if rows:
+            self._packed_pages.append(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+            self.mapping_count += len(rows)
+
+    def mapping_pages(self) -> Iterator[list[MappingRow]]:
+        """The buffered rows, page by page, in the order they were added."""
+        for packed in self._packed_pages:
+            yield pickle.loads(packed)  # noqa: S301 - bytes this process pickled itself
 
 
 @dataclass
@@ -96,6 +118,29 @@ class CheckpointResult:
     coverage: int
     coverage_pct: float
     snapshot_complete: bool
+
+
+def ordered_unique(rows: list[MappingRow]) -> Iterator[MappingRow]:
+    """One row per ``(resource_id, patch_id)``, the later one winning, in key order.
+
+    PostgreSQL refuses to update one row twice in a statement, and key order makes concurrent
+    jobs that share keys lock them in the same order. A page lists each system's rows together,
+    so the work is done per system, without a second index of every row."""
+    spans: dict[str | None, list[tuple[int, int]]] = {}
+    start = 0
+    for index in range(1, len(rows) + 1):
+        if index == len(rows) or rows[index][0] != rows[start][0]:
+            spans.setdefault(rows[start][0], []).append((start, index))
+            start = index
+    for resource_id in sorted(spans, key=lambda rid: rid or ""):
+        ranges = spans[resource_id]
+        if len(ranges) == 1:
+            first, end = ranges[0]
+            system_rows = rows[first:end]
+        else:  # the system came twice (it moved between pages): union, later rows win
+            system_rows = list({row[1]: row for first, end in ranges for row in rows[first:end]}.values())
+        system_rows.sort(key=lambda row: row[1] or "")
+        yield from system_rows
 
 
 class Store:
@@ -261,24 +306,34 @@ class Store:
         return self._run("committing a batch", self._commit_batch, batch)
 
     def _insert(self) -> Any:
-        return postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        # Imported on first use: an SQLite run need not carry PostgreSQL's dialect (3 MB, NFR-1).
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            return postgresql_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
 
     def _commit_batch(self, conn: Connection, batch: Batch) -> CheckpointResult:
         dialect_insert = self._insert()
         now = utcnow()
-        # One row per key: PostgreSQL refuses to update the same row twice in one statement,
-        # and a sorted order keeps two concurrent jobs from deadlocking on each other's keys.
-        # The later page wins when a system moved between pages during the sweep.
-        latest = {row[:2]: row for row in batch.mappings}
-        keys = sorted(latest)
         stmt = dialect_insert(patch_system_mapping)
         stmt = stmt.on_conflict_do_update(
             index_elements=["resource_id", "patch_id"],
             set_={name: stmt.excluded[name] for name in MAPPING_FIELDS},
         )
-        for start in range(0, len(keys), _CHUNK):
-            conn.execute(stmt, [dict(zip(MAPPING_ROW_FIELDS, latest[key])) for key in keys[start:start + _CHUNK]])
-        del latest, keys
+        # Page by page, in arrival order: a system that moved between pages during the sweep
+        # ends with its later page's values (upserts never delete, so the union stays).
+        for page_rows in batch.mapping_pages():
+            chunk: list[dict[str, Any]] = []
+            for row in ordered_unique(page_rows):
+                chunk.append(dict(zip(MAPPING_ROW_FIELDS, row)))
+                if len(chunk) == _CHUNK:
+                    conn.execute(stmt, chunk)
+                    chunk = []
+            if chunk:
+                conn.execute(stmt, chunk)
 
         if batch.systems:
             by_id = sorted({s["resource_id"]: s for s in batch.systems}.items())

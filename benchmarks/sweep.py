@@ -80,6 +80,16 @@ def crawl(label: str, url: str, db: Path, delay: float, extra: dict[str, str] | 
                    usage.ru_maxrss / 1024.0, mappings, pages, gaps)
 
 
+RSS_BUDGET_MB = 100.0  # spec NFR-1
+
+
+def budget_line(figures: Figures) -> str:
+    """Whether the crawl stayed inside the spec's memory budget."""
+    verdict = "within" if figures.peak_rss_mb < RSS_BUDGET_MB else "OVER"
+    return (f"{'':<28} peak RSS {figures.peak_rss_mb:.1f} MB: {verdict} the {RSS_BUDGET_MB:.0f} MB budget "
+            f"(spec NFR-1), {RSS_BUDGET_MB - figures.peak_rss_mb:+.1f} MB to spare")
+
+
 def run(label: str, scenario: Scenario | None, delay: float, extra: dict[str, str] | None = None) -> Figures:
     with tempfile.TemporaryDirectory() as tmp:
         sim, url = start_simulator(scenario, Path(tmp))
@@ -101,10 +111,12 @@ def main() -> None:
     if args.only in (None, "fast"):
         clean = run("clean, DOWNLOAD_DELAY=0", None, 0.0, extra)
         print(clean.line(), flush=True)
+        print(budget_line(clean), flush=True)
     if args.only in (None, "delay"):
         paced = run("clean, DOWNLOAD_DELAY=0.25", None, 0.25, extra)
         bound = paced.pages * 0.25
         print(paced.line(), flush=True)
+        print(budget_line(paced), flush=True)
         print(f"{'':<28} rate-limit bound {bound:.1f}s; wall is {100.0 * paced.wall_s / bound:.0f}% of it", flush=True)
     if args.faults:
         pages = 111 if args.page_limit == 30 else -(-3217 // args.page_limit)

@@ -30,8 +30,8 @@ def as_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-#: One ``patch_system_mapping`` row, values in ``schema.MAPPING_ROW_FIELDS`` order. A tuple, not a dict:
-#: a commit batch holds some 15,000 of them, and a tuple is a third of the size.
+#: One ``patch_system_mapping`` row, values in ``schema.MAPPING_ROW_FIELDS`` order. A tuple,
+#: not a dict: pages waiting for the database hold thousands, and a tuple is a third the size.
 MappingRow = tuple[str | None, ...]
 
 _SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "vendor_name"})

@@ -265,7 +265,7 @@ async def test_pages_enter_batches_in_arrival_order_so_the_checkpoint_keeps_up(
         db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests one at a time in page order (a delay), no faults: every page joins a batch soon
     after the pages before it, so each checkpoint covers (nearly) the pages committed with it."""
-    every, concurrency = 3, 2  # PMP_CHECKPOINT_EVERY; CONCURRENT_REQUESTS_PER_DOMAIN (settings.py)
+    every, concurrency = 3, 3  # PMP_CHECKPOINT_EVERY; CONCURRENT_REQUESTS (settings.py)
     with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=1200, no_patch_share=0.0))) as sim:
         result = await run_crawl(crawl_settings(sim, db_path, DOWNLOAD_DELAY=0.02, PMP_BATCH_PAGES=0,
                                                 PMP_CHECKPOINT_EVERY=every, LOG_FILE=str(log_file)),

@@ -92,6 +92,17 @@ class Scrapyd:
         self.out.close()
 
 
+def job_log_summary(tmp_path: Path, job_id: str) -> str:
+    """The job's log lines above INFO and its outcome, to explain a failed assertion."""
+    log = tmp_path / "scrapyd" / "logs" / PROJECT / "dcapi_patches" / f"{job_id}.log"
+    if not log.exists():
+        return f"no log for job {job_id}"
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if '"WARNING"' in line or '"ERROR"' in line or '"CRITICAL"' in line or "exit_code" in line
+             or not line.startswith("{")]
+    return "\n".join(lines[-30:])
+
+
 @pytest.fixture
 def scrapyd(tmp_path: Path) -> Iterator[Scrapyd]:
     workdir = tmp_path / "scrapyd"
@@ -162,8 +173,9 @@ def test_scrapyd_deploy_schedule_and_check_database_and_logs(scrapyd: Scrapyd, t
                 pytest.fail(f"scrapyd jobs did not finish in 90 s: {listing}")
             time.sleep(0.5)
 
-        for customer in jobs:
-            assert {r.customer for r in sim.requests if r.kind == "page" and r.customer == customer} == {customer}
+        for customer, job_id in jobs.items():
+            crawled = {r.customer for r in sim.requests if r.kind == "page" and r.customer == customer}
+            assert crawled == {customer}, job_log_summary(tmp_path, job_id)
         expected = {customer: expected_table(sim, customer) for customer in jobs}
         tokens = sim.issued_tokens
 

@@ -1,10 +1,14 @@
 """Pure logic, no Scrapy engine: config parsing, backoff, Retry-After, watermark, redaction,
-envelope parsing and row normalisation."""
+envelope parsing, row normalisation, batch buffering and the process footprint measures."""
 
 from __future__ import annotations
 
+import platform
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 from scrapy.settings import Settings
@@ -17,6 +21,8 @@ from pmp_scrapy.middlewares.backoff import backoff_delay, parse_retry_after, ret
 from pmp_scrapy.plan import Watermark
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
+from pmp_scrapy.storage import Batch
+from pmp_scrapy.storage.store import ordered_unique
 
 BASE = {"PMP_BASE_URL": "https://patch.manageengine.com.au"}
 
@@ -168,3 +174,38 @@ def test_rows_normalise_ids_skip_and_dedupe() -> None:
     assert rows.mappings == [("10001", "5", "a", "Critical", "Installed", None, "Microsoft", "1634567890000")]
     assert (rows.duplicate_patches, rows.skipped_patches, rows.empty_systems, rows.skipped_systems) == (1, 1, 1, 1)
     assert [s["resource_id"] for s in rows.systems] == ["10001", "10002"]
+
+
+def row(rid: str, pid: str, status: str = "Missing") -> tuple[str | None, ...]:
+    return (rid, pid, f"KB{pid}", "Critical", status, None, "Microsoft", None)
+
+
+def test_batch_buffers_pages_packed_and_gives_them_back_in_order() -> None:
+    pages = [[row("2", "1"), row("2", "3")], [row("1", "9")], []]
+    batch = Batch(snapshot_id=1, customer="")
+    for rows in pages:
+        batch.add_mappings(rows)
+    assert batch.mapping_count == 3
+    assert list(batch.mapping_pages()) == pages[:2]  # an empty page adds nothing
+    assert list(batch.mapping_pages()) == pages[:2]  # and can be read again (a retried transaction)
+    assert list(Batch(snapshot_id=1, customer="", mappings=pages[0]).mapping_pages()) == [pages[0]]
+
+
+def test_ordered_unique_sorts_by_key_and_lets_the_later_row_win() -> None:
+    rows = [row("20", "2"), row("20", "1"), row("10", "5", "Missing"), row("20", "3"),
+            row("10", "5", "Installed"), row("10", "4")]
+    assert list(ordered_unique(rows)) == [
+        row("10", "4"), row("10", "5", "Installed"), row("20", "1"), row("20", "2"), row("20", "3")]
+    assert list(ordered_unique([])) == []
+
+
+def test_the_package_keeps_pydantic_out_and_pins_the_mmap_threshold() -> None:
+    """itemadapter (imported by every Scrapy command) would otherwise import pydantic when it is
+    installed: ~7 MB of the 100 MB budget (spec NFR-1)."""
+    probe = ("import pmp_scrapy, itemadapter, sys; from pmp_scrapy.footprint import fix_mmap_threshold; "
+             "print('pydantic' in sys.modules and sys.modules['pydantic'] is not None, fix_mmap_threshold())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout.split()
+    assert out[0] == "False"
+    if platform.libc_ver()[0] == "glibc":
+        assert out[1] == "True"

@@ -147,23 +147,25 @@ class _Handler(BaseHTTPRequestHandler):
         incoming = Incoming(method, split.path, query, {k.lower(): v for k, v in self.headers.items()},
                             form, kind)
         reply, meta = sim.handle(incoming)
-        status = self._write(reply)
+        # Recorded before the client can see the answer, so the record keeps arrival order even
+        # when the client's next request comes in on another connection at once.
         sim.record(RecordedRequest(
             t=t, wall=wall, method=method, path=split.path, kind=kind,
             query={k: ("<redacted>" if k in SECRET_FIELDS else v) for k, v in query.items()},
-            page=meta.page, customer=meta.customer, auth=meta.auth, status=status,
+            page=meta.page, customer=meta.customer, auth=meta.auth, status=0 if reply.drop else reply.status,
             fault=reply.fault, form_fields=tuple(form),
             query_has_secret=any(k in query for k in SECRET_FIELDS)))
+        self._write(reply)
 
-    def _write(self, reply: Reply) -> int:
-        """Send ``reply``; returns the status sent, 0 if the connection was dropped."""
+    def _write(self, reply: Reply) -> None:
+        """Send ``reply``, or drop the connection if the reply says so."""
         if reply.delay > 0:
             time.sleep(reply.delay)
         if reply.drop:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            return 0
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -174,7 +176,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(reply.body)
         except OSError:  # the client went away; nothing to answer
             self.close_connection = True
-        return reply.status
 
 
 def serve(sim: Any, host: str, port: int) -> tuple[_Server, threading.Thread]:

@@ -22,8 +22,8 @@ from twisted.python.failure import Failure
 from pmp_scrapy.config import apply_spider_arguments, get_config, parse_flag
 from pmp_scrapy.envelope import PayloadError, parse_envelope
 from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
-from pmp_scrapy.rows import page_rows
 from pmp_scrapy.redaction import redact, response_sample
+from pmp_scrapy.rows import page_rows
 
 if TYPE_CHECKING:
     from typing_extensions import Self

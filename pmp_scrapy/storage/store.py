@@ -76,7 +76,7 @@ class Batch:
     """Rows of several pages to commit in one transaction.
 
     Mapping rows are kept pickled, one ``bytes`` per page, until the commit unpacks them a page
-    at a time: ten pages of live tuples cost some 4 MB, pickled about a fifth of that, and the
+    at a time: ten pages of live tuples cost some 4 MB, pickled about a quarter of that, and the
     peak RSS budget is 100 MB (spec NFR-1). ``mappings`` given to the constructor are one page."""
 
     snapshot_id: int

@@ -50,9 +50,9 @@ SQLite locking, and why the two jobs still both finish with every row:
   pages, ~15k rows: ~0.5 s on an idle core, longer on a busy machine, because the commit runs in
   a thread that shares the GIL and the CPUs with the crawl's parsing). "write lock busy" is the
   share of 5 ms probes that found the lock taken: for one job alone it is already high here,
-  so two jobs mostly take turns at committing, and together they write at about the rate of
-  one job after the other -- no faster, but no row lost and no failure: the waiting job blocks
-  in BEGIN IMMEDIATE for at most one commit of the other (well under the 15 s busy timeout).
+  so two jobs take turns at committing; they gain over one job after the other only while one
+  downloads and parses as the other commits. No row is lost and nothing fails: the waiting job
+  blocks in BEGIN IMMEDIATE for at most one commit of the other (well under the 15 s timeout).
   Past the busy timeout a run would stop with exit 1 and one line naming 'database is locked',
   its checkpoint claiming nothing uncommitted, and the next run resumes.
   PostgreSQL locks rows, not the database: the customers' rows are disjoint (different

@@ -1,6 +1,8 @@
 """Keeps the crawl process small (spec NFR-1: peak RSS of a sweep under 100 MB).
 
-Two measures, both applied once when the package is imported, before Scrapy starts:
+Two measures, applied by ``pmp_scrapy.settings`` when Scrapy loads the project, before it
+walks its commands or downloads anything (a program that merely imports pmp_scrapy's modules
+is left alone):
 
 - itemadapter, which Scrapy imports for every command, imports pydantic whenever it is
   installed, to recognise pydantic models as items. This project's items are dataclasses;

@@ -1,8 +1,15 @@
-"""Scrapy settings for pmp_scrapy. Defaults only, no logic: the environment is folded in by
+"""Scrapy settings for pmp_scrapy. Defaults only: the environment is folded in by
 ``config.EnvironmentAddon`` and everything ``PMP_*`` is validated by ``config.load_config``.
 Secrets (client secret, refresh token, API key, Slack webhook) never live here."""
 
 from scrapy.settings import default_settings as _scrapy_defaults
+
+from pmp_scrapy import footprint as _footprint
+
+# The one piece of logic here: Scrapy imports this module before it walks its commands (which
+# imports itemadapter, and with it pydantic) and before anything is downloaded, and only a
+# Scrapy process of this project imports it. See pmp_scrapy.footprint (spec NFR-1).
+_footprint.apply()
 
 BOT_NAME = "pmp_scrapy"
 SPIDER_MODULES = ["pmp_scrapy.spiders"]

@@ -202,7 +202,7 @@ def test_ordered_unique_sorts_by_key_and_lets_the_later_row_win() -> None:
 def test_the_package_keeps_pydantic_out_and_pins_the_mmap_threshold() -> None:
     """itemadapter (imported by every Scrapy command) would otherwise import pydantic when it is
     installed: ~7 MB of the 100 MB budget (spec NFR-1)."""
-    probe = ("import pmp_scrapy, itemadapter, sys; from pmp_scrapy.footprint import fix_mmap_threshold; "
+    probe = ("import pmp_scrapy.settings, itemadapter, sys; from pmp_scrapy.footprint import fix_mmap_threshold; "
              "print('pydantic' in sys.modules and sys.modules['pydantic'] is not None, fix_mmap_threshold())")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent).stdout.split()

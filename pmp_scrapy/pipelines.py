@@ -43,8 +43,8 @@ class MappingPipeline:
         self.config = get_config(crawler)
         self.store = get_store(crawler)
         self.stats = crawler.stats
-        self._lock = asyncio.Lock()  # one commit at a time
-        self._admit = asyncio.Lock()  # pages enter batches one at a time, in arrival order
+        # Pages enter batches one at a time, in arrival order, and wait while a batch commits.
+        self._admit = asyncio.Lock()
         self._batch: Batch | None = None
         self._pages: list[int] = []
         self._page_count = 0
@@ -115,7 +115,8 @@ class MappingPipeline:
 
     async def close_spider(self) -> None:
         """Commit whatever is buffered, so a clean stop loses nothing."""
-        await self.flush()
+        async with self._admit:
+            await self.flush()
 
     def _current_batch(self) -> Batch:
         if self._batch is None:
@@ -127,25 +128,25 @@ class MappingPipeline:
                 or self._total_records)
 
     async def flush(self) -> None:
-        """Commit the buffered pages and move the checkpoint, in one transaction."""
-        async with self._lock:
-            batch, pages = self._batch, self._pages
-            if batch is None or self._failed:
-                return
-            self._batch, self._pages, self._page_count = None, [], 0
-            watermark = self.plan.watermark
-            # The watermark moves only in this copy until the transaction has committed.
-            candidate = watermark.peek(pages)
-            batch.last_page = candidate if (pages or candidate) else None
-            batch.denominator = self._denominator()
-            try:
-                result = await run_in_thread(self.store.commit_batch, batch)
-            except StorageError as exc:
-                self._failed = True
-                stop_run(self.crawler, "pmp_database_error", str(exc))
-                return
-            for page in pages:
-                watermark.mark(page)
+        """Commit the buffered pages and move the checkpoint, in one transaction. Callers hold
+        the admission lock, so one commit runs at a time and no page joins a committing batch."""
+        batch, pages = self._batch, self._pages
+        if batch is None or self._failed:
+            return
+        self._batch, self._pages, self._page_count = None, [], 0
+        watermark = self.plan.watermark
+        # The watermark moves only in this copy until the transaction has committed.
+        candidate = watermark.peek(pages)
+        batch.last_page = candidate if (pages or candidate) else None
+        batch.denominator = self._denominator()
+        try:
+            result = await run_in_thread(self.store.commit_batch, batch)
+        except StorageError as exc:
+            self._failed = True
+            stop_run(self.crawler, "pmp_database_error", str(exc))
+            return
+        for page in pages:
+            watermark.mark(page)
         healed = len(batch.healed_pages)
         self.stats.inc_value("pmp/pages_committed", len(pages))
         self.stats.inc_value("pmp/mappings_upserted", batch.mapping_count)

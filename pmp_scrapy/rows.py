@@ -52,6 +52,10 @@ def _shared_text(value: Any) -> str | None:
     return _shared_strings.setdefault(text, text)
 
 
+# How each column after the key is read: shared or plain text, decided once, not per patch.
+_COLUMNS = tuple((column, _shared_text if column in _SHARED else as_text) for column in MAPPING_FIELDS)
+
+
 @dataclass
 class PageRows:
     """The rows of one page and what was skipped."""
@@ -92,8 +96,7 @@ def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
             # The same patch, severity and vendor recur on thousands of systems: one string
             # each keeps a buffered batch small (spec NFR-1, peak RSS).
             by_patch[patch_id] = (resource_id, _shared_text(patch_id),
-                                  *(_shared_text(patch.get(column)) if column in _SHARED else as_text(patch.get(column))
-                                    for column in MAPPING_FIELDS))
+                                  *(convert(patch.get(column)) for column, convert in _COLUMNS))
         if not by_patch:
             result.empty_systems += 1
             logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,

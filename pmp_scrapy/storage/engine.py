@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
+import time
 import zlib
 from pathlib import Path
 
@@ -87,6 +89,20 @@ def make_private(path: Path) -> None:
             logger.warning("could not make %s private: %s", candidate.name, exc.strerror)
 
 
+def _enable_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried within the busy timeout: while another job switches
+    the same new file to WAL, SQLite answers "database is locked" at once, without waiting."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _prepare_sqlite_file(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -129,7 +145,7 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
             cursor = dbapi_connection.cursor()
             try:
                 if create:
-                    cursor.execute("PRAGMA journal_mode=WAL")
+                    _enable_wal(cursor, busy_timeout)
                 cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             finally:

@@ -30,7 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
-from pmp_scrapy.storage.schema import metadata
+from pmp_scrapy.storage.schema import add_missing_columns, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
                     # Two jobs starting together would race on CREATE TABLE otherwise.
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(conn, checkfirst=True)
+                add_missing_columns(conn)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StorageError(f"cannot prepare database {safe_url(url)}: {describe_error(exc)}") from None

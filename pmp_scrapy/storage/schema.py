@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     REAL,
+    Connection,
     TIMESTAMP,
     Column,
     Index,
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    inspect,
     text,
 )
 
@@ -95,6 +97,12 @@ snapshots = Table(
     Column("managed_total", Integer),
     Column("started_at", TIMESTAMP, server_default=_now),
     Column("completed_at", TIMESTAMP),
+    # The patch catalog's sweep in this snapshot: NULL (not yet), complete, partial, unavailable
+    Column("catalog_state", Text),
+    # Reconciliation at completion: reconciled | refused (guard tripped) | skipped (gaps open)
+    Column("reconcile_state", Text),
+    Column("retired_systems", Integer),
+    Column("retired_mappings", Integer),
 )
 Index("idx_dcapi_snapshots_customer", snapshots.c.customer, snapshots.c.snapshot_id)
 
@@ -109,6 +117,10 @@ systems = Table(
     Column("last_seen_snapshot", Integer),
     Column("last_seen_page", Integer),
     Column("last_seen_at", TIMESTAMP, server_default=_now),
+    # Set when a complete, gap-free snapshot no longer reports the system (its mappings are
+    # then gone from patch_system_mapping and kept in dcapi_mapping_history); NULL: present.
+    Column("retired_snapshot", Integer),
+    Column("retired_at", TIMESTAMP),
     PrimaryKeyConstraint("customer", "resource_id"),
 )
 Index("idx_dcapi_systems_snapshot", systems.c.customer, systems.c.last_seen_snapshot)
@@ -146,6 +158,93 @@ runs = Table(
 )
 Index("idx_dcapi_runs_customer", runs.c.customer, runs.c.run_id)
 
+# --- history: written only when something changes (first seen, status change, retirement) ------
+
+mapping_history = Table(
+    "dcapi_mapping_history",
+    metadata,
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("resource_id", Text, nullable=False),
+    Column("patch_id", Text, nullable=False),
+    Column("first_seen_snapshot", Integer),
+    Column("first_seen_at", TIMESTAMP),
+    Column("patch_status", Text),  # the last status observed, as the server sent it
+    Column("status_since", TIMESTAMP),  # when that status was first observed ("missing since")
+    Column("status_snapshot", Integer),
+    Column("last_seen_snapshot", Integer),  # filled in at retirement
+    Column("retired_snapshot", Integer),  # NULL while the mapping is present
+    Column("retired_at", TIMESTAMP),
+    # the mapping's fields as they were when it was retired (patch_system_mapping keeps the present)
+    Column("patchname", Text),
+    Column("severity", Text),
+    Column("bulletinid", Text),
+    Column("vendor_name", Text),
+    Column("installed_time", Text),
+    PrimaryKeyConstraint("customer", "resource_id", "patch_id"),
+)
+Index("idx_dcapi_history_patch", mapping_history.c.patch_id)
+
+mapping_events = Table(
+    "dcapi_mapping_events",
+    metadata,
+    Column("event_id", Integer, primary_key=True, autoincrement=True),
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("resource_id", Text, nullable=False),
+    Column("patch_id", Text),  # NULL for a system-level event
+    Column("snapshot_id", Integer, nullable=False),
+    Column("observed_at", TIMESTAMP, nullable=False),
+    # first_seen | status_changed | retired | returned | system_retired | system_returned
+    Column("event", Text, nullable=False),
+    Column("old_status", Text),
+    Column("new_status", Text),
+    sqlite_autoincrement=True,
+)
+Index("idx_dcapi_events_key", mapping_events.c.customer, mapping_events.c.resource_id, mapping_events.c.patch_id)
+Index("idx_dcapi_events_snapshot", mapping_events.c.snapshot_id)
+
+# --- the patch catalog (/dcapi/threats/patches): CVE ids per patch --------------------------------
+
+patch_catalog = Table(
+    "dcapi_patch_catalog",
+    metadata,
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("patch_id", Text, nullable=False),
+    Column("patch_name", Text),
+    Column("bulletinid", Text),
+    Column("severity", Text),
+    Column("vendor_name", Text),
+    Column("kb_number", Text),
+    Column("reboot_required", Integer),  # 1/0, NULL when not sent
+    Column("released_time", Text),  # epoch milliseconds as sent
+    Column("installed_system_count", Integer),
+    Column("missing_system_count", Integer),
+    Column("snapshot_id", Integer),
+    Column("updated_at", TIMESTAMP, server_default=_now),
+    PrimaryKeyConstraint("customer", "patch_id"),
+)
+
+patch_cves = Table(
+    "dcapi_patch_cves",
+    metadata,
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("patch_id", Text, nullable=False),
+    Column("cve_id", Text, nullable=False),
+    PrimaryKeyConstraint("customer", "patch_id", "cve_id"),
+)
+Index("idx_dcapi_patch_cves_cve", patch_cves.c.cve_id)
+
+# --- shared limits of one tenant across runs ------------------------------------------------------
+
+token_mints = Table(
+    "dcapi_token_mints",
+    metadata,
+    Column("mint_id", Integer, primary_key=True, autoincrement=True),
+    Column("client_key", Text, nullable=False),  # a fingerprint of the client id, never a secret
+    Column("minted_at", REAL, nullable=False),  # epoch seconds
+    sqlite_autoincrement=True,
+)
+Index("idx_dcapi_token_mints_client", token_mints.c.client_key, token_mints.c.minted_at)
+
 MAPPING_FIELDS: tuple[str, ...] = (
     "patchname",
     "severity",
@@ -157,3 +256,26 @@ MAPPING_FIELDS: tuple[str, ...] = (
 
 #: The order of values in a mapping row tuple (``rows.MappingRow``).
 MAPPING_ROW_FIELDS: tuple[str, ...] = ("resource_id", "patch_id", *MAPPING_FIELDS)
+
+
+SEED_TABLES = frozenset({patch_system_mapping.name, checkpoints.name, gaps.name})
+
+
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add the nullable columns a database made by an earlier version of the project lacks, to
+    the project's own tables only (the seed's tables are never altered). Returns what was added
+    as ``table.column``."""
+    inspector = inspect(conn)
+    present_tables = set(inspector.get_table_names())
+    added: list[str] = []
+    for table in metadata.sorted_tables:
+        if table.name in SEED_TABLES or table.name not in present_tables:
+            continue
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have or not column.nullable or column.primary_key:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            added.append(f"{table.name}.{column.name}")
+    return added

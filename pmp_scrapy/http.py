@@ -1,0 +1,35 @@
+"""The HTTP/1.1 download handler for the PMP host: Scrapy's, minus Twisted's silent re-send.
+
+Twisted's ``HTTPConnectionPool`` retries an idempotent request once, at once and on a new
+connection, when a persistent connection it reused was closed by the server before any
+answer (``retryAutomatically``). Scrapy leaves that on, so such a request reaches the server
+twice, 1 ms apart, outside ``DOWNLOAD_DELAY``, the retry middleware and every stat: the
+contract's "at most 4 a second as the server sees them" breaks. With it off, the request fails
+with a connection error (``DownloadFailedError`` wrapping ``ResponseNeverReceived``), which
+the retry policy retries, counted and spaced like any other failure.
+
+Reads the same settings as Scrapy's handler (``CONCURRENT_REQUESTS_PER_DOMAIN`` sizes the pool
+of persistent connections per host). Listens to no signal; writes no stat.
+
+Enabled with::
+
+    DOWNLOAD_HANDLERS = {"http": "pmp_scrapy.http.NoSilentRetryDownloadHandler",
+                         "https": "pmp_scrapy.http.NoSilentRetryDownloadHandler"}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
+
+
+class NoSilentRetryDownloadHandler(HTTP11DownloadHandler):
+    """Scrapy's HTTP/1.1 handler whose connection pool never re-sends a request by itself."""
+
+    def __init__(self, crawler: Crawler) -> None:
+        super().__init__(crawler)
+        self._pool.retryAutomatically = False

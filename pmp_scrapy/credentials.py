@@ -1,12 +1,27 @@
-"""Resolves secrets in the contract's order: an explicit Scrapy setting (``-s``), the OS
-keyring (service ``pmp_scrapy``), then the environment. Only the token middleware and the
-Slack notifier ask; nothing else holds a secret."""
+"""Resolves secrets in the contract's order, first answer wins:
+
+1. an explicit Scrapy setting (``-s PMP_CLIENT_SECRET=…``, a scrapyd ``setting=``);
+2. the credentials file named by ``PMP_CREDENTIALS_FILE`` (Scrapy setting or environment
+   variable, ``~`` expanded): ``NAME=value`` lines, ``#`` comments and blank lines; refused unless
+   it is a regular file owned by the current user with no group/other permission bits;
+3. the OS keyring, service ``pmp_scrapy`` (absent on most headless servers);
+4. the environment.
+
+Only the token middleware, the Slack notifier and the crawl command's pre-flight ask. A secret
+value is never logged and never put in an exception message; only names, paths and sources are.
+``pmp-scrapy credentials init`` writes the file (:func:`write_credentials_file`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import re
+import shlex
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pmp_scrapy.errors import CredentialsError
@@ -18,47 +33,261 @@ logger = logging.getLogger(__name__)
 
 KEYRING_SERVICE = "pmp_scrapy"
 OAUTH_NAMES = ("PMP_CLIENT_ID", "PMP_CLIENT_SECRET", "PMP_REFRESH_TOKEN")
+#: Every secret a credentials file may hold, in the order ``credentials init`` asks for them.
+SECRET_NAMES = (*OAUTH_NAMES, "PMP_API_KEY", "SLACK_WEBHOOK_URL")
+FILE_SETTING = "PMP_CREDENTIALS_FILE"
+DEFAULT_FILE = "~/.config/pmp_scrapy/credentials"
+NO_BACKEND = "no keyring backend available (headless server: use PMP_CREDENTIALS_FILE)"
+MAX_FILE_BYTES = 64 * 1024
+_NAME_SHAPE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
-def _from_keyring(name: str) -> str | None:
+@dataclass
+class Lookup:
+    """What the sources answered for some names: ``values`` found (and from which source),
+    ``reasons`` (source label, why it gave nothing) for the names still missing."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    reasons: list[tuple[str, str]] = field(default_factory=list)
+
+    def missing(self, names: tuple[str, ...]) -> list[str]:
+        return [name for name in names if name not in self.values]
+
+
+# --- the credentials file -------------------------------------------------------------------------
+
+def credentials_file_path(settings: BaseSettings | None = None,
+                          environ: Mapping[str, str] | None = None) -> Path | None:
+    """The file ``PMP_CREDENTIALS_FILE`` names (the Scrapy setting, else the environment variable;
+    ``~`` expanded), or ``None`` when it is unset or empty."""
+    value = settings.get(FILE_SETTING) if settings is not None else None
+    if not value:
+        value = (os.environ if environ is None else environ).get(FILE_SETTING)
+    return Path(str(value)).expanduser() if value else None
+
+
+def _refuse(path: Path, why: str) -> CredentialsError:
+    return CredentialsError(f"credentials file {path}: {why}")
+
+
+def read_credentials_file(path: Path) -> dict[str, str]:
+    """Read ``NAME=value`` lines from ``path`` after checking, on the opened file itself, that it
+    is a regular file owned by the current user with mode 0600 or 0400 (no group/other bits).
+    Raises :class:`CredentialsError` (path, line number and fix; never a value) otherwise."""
+    quoted = shlex.quote(str(path))
+    try:
+        # O_NONBLOCK: a FIFO must be refused, not waited on; no effect on a regular file.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise _refuse(path, f"not found (create it with: pmp-scrapy credentials init {quoted})") from None
+    except PermissionError:
+        raise _refuse(path, "permission denied") from None
+    except OSError as exc:
+        raise _refuse(path, f"cannot open it ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _refuse(path, "not a regular file")
+        if info.st_uid != os.geteuid():
+            raise _refuse(path, f"owned by uid {info.st_uid}, not by you (uid {os.geteuid()}); refusing it "
+                                f"(fix: chown {os.geteuid()} {quoted} && chmod 600 {quoted})")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise _refuse(path, f"mode {mode:04o} lets group/others read it; refusing it (fix: chmod 600 {quoted})")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _refuse(path, f"larger than {MAX_FILE_BYTES // 1024} KB; not a credentials file")
+        data = handle.read(MAX_FILE_BYTES + 1)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _refuse(path, "not UTF-8 text") from None
+    return parse_credentials(text, path)
+
+
+def parse_credentials(text: str, path: Path | str = "<text>") -> dict[str, str]:
+    """Parse credentials-file ``text``: ``NAME=value`` per line (whitespace around either is
+    ignored), ``#`` comment lines and blank lines. Names must be in :data:`SECRET_NAMES`, each at
+    most once, with a non-empty value. Errors name the line, never its value."""
+    values: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep:
+            raise CredentialsError(f"credentials file {path} line {number}: expected NAME=value")
+        if name not in SECRET_NAMES:
+            # Echo the name only when it looks like one: a pasted secret may hold '=' too.
+            shown = f" {name}" if _NAME_SHAPE.fullmatch(name) else ""
+            raise CredentialsError(f"credentials file {path} line {number}: unknown name{shown} "
+                                   f"(allowed: {', '.join(SECRET_NAMES)})")
+        if name in values:
+            raise CredentialsError(f"credentials file {path} line {number}: {name} given again "
+                                   f"(first on line {first_line[name]})")
+        if not value:
+            raise CredentialsError(f"credentials file {path} line {number}: {name} has an empty value")
+        values[name] = value
+        first_line[name] = number
+    return values
+
+
+# --- the keyring ---------------------------------------------------------------------------------
+
+def _keyring_lookup(names: list[str]) -> tuple[dict[str, str], str | None]:
+    """Ask the OS keyring (service :data:`KEYRING_SERVICE`) for ``names``: the values found, and
+    why it gave nothing for the rest (``None`` when it simply has no entry)."""
     try:
         import keyring
-        from keyring.errors import KeyringError
+        from keyring.backends import chainer, fail, null
+        from keyring.errors import NoKeyringError
     except ImportError:  # pragma: no cover - keyring is a requirement
-        return None
+        return {}, "the keyring package is not installed"
     try:
-        return keyring.get_password(KEYRING_SERVICE, name)
-    except KeyringError:
-        return None
-    except Exception as exc:  # a broken backend (D-Bus gone, locked wallet) is not fatal
-        logger.debug("keyring lookup of %s failed: %s", name, type(exc).__name__)
-        return None
+        backend = keyring.get_keyring()
+    except Exception as exc:  # noqa: BLE001 - a backend failing to load (bad PYTHON_KEYRING_BACKEND)
+        return {}, f"cannot load a keyring backend ({type(exc).__name__})"
+    if isinstance(backend, fail.Keyring | null.Keyring) or (
+            isinstance(backend, chainer.ChainerBackend) and not backend.backends):
+        return {}, NO_BACKEND
+    found: dict[str, str] = {}
+    for name in names:
+        try:
+            value = keyring.get_password(KEYRING_SERVICE, name)
+        except NoKeyringError:
+            return found, NO_BACKEND
+        except Exception as exc:  # noqa: BLE001 - D-Bus gone, locked wallet: backends raise anything
+            logger.debug("keyring lookup of %s failed: %s", name, type(exc).__name__)
+            return found, f"lookup failed ({type(exc).__name__})"
+        if value:
+            found[name] = value
+    return found, None
+
+
+# --- resolution ----------------------------------------------------------------------------------
+
+def lookup_secrets(names: tuple[str, ...], settings: BaseSettings | None = None,
+                   environ: Mapping[str, str] | None = None) -> Lookup:
+    """Ask each source in order for the names still missing. Reads the Scrapy ``settings``,
+    ``PMP_CREDENTIALS_FILE``, the keyring and ``environ`` (default ``os.environ``); writes nothing.
+    Raises :class:`CredentialsError` when the credentials file is set but refused."""
+    environ = os.environ if environ is None else environ
+    result = Lookup()
+
+    def take(source: str, found: Mapping[str, str]) -> None:
+        for name in result.missing(names):
+            if found.get(name):
+                result.values[name] = str(found[name])
+                result.sources[name] = source
+
+    def absent() -> str:
+        return ", ".join(result.missing(names))
+
+    if settings is not None:
+        take("setting", {name: settings.get(name) for name in names})
+    if result.missing(names):
+        result.reasons.append(("setting (-s)", "not given"))
+        path = credentials_file_path(settings, environ)
+        if path is None:
+            result.reasons.append(("credentials file", f"{FILE_SETTING} not set"))
+        else:
+            take("credentials file", read_credentials_file(path))
+            if result.missing(names):
+                result.reasons.append(("credentials file", f"{path} has no {absent()}"))
+    if result.missing(names):
+        found, why = _keyring_lookup(result.missing(names))
+        take("keyring", found)
+        if result.missing(names):
+            result.reasons.append(("keyring", why or f"no {absent()} under service {KEYRING_SERVICE}"))
+    if result.missing(names):
+        take("environment", environ)
+        if result.missing(names):
+            result.reasons.append(("environment", f"{absent()} not set"))
+    for name, source in result.sources.items():
+        logger.debug("credential %s from the %s", name, source)
+    return result
 
 
 def resolve_secret(
     name: str, settings: BaseSettings | None = None, environ: Mapping[str, str] | None = None
 ) -> str | None:
-    """The value of secret ``name``, or ``None`` if it is nowhere."""
-    if settings is not None:
-        value = settings.get(name)
-        if value:
-            return str(value)
-    value = _from_keyring(name)
-    if value:
-        return value
-    environ = os.environ if environ is None else environ
-    return environ.get(name) or None
+    """The value of secret ``name`` from the first source that has it (``-s`` setting, credentials
+    file, keyring, environment), or ``None``. Raises :class:`CredentialsError` when
+    ``PMP_CREDENTIALS_FILE`` names a file it refuses (insecure, missing, malformed)."""
+    return lookup_secrets((name,), settings, environ).values.get(name)
 
 
 def require_secrets(
     names: tuple[str, ...], settings: BaseSettings | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Resolve every secret in ``names``; raise :class:`CredentialsError` naming the missing ones."""
-    found = {name: resolve_secret(name, settings, environ) for name in names}
-    missing = [name for name, value in found.items() if not value]
+    """Every secret in ``names``, or :class:`CredentialsError` with one line naming the missing
+    ones and, for each source tried, why it gave nothing."""
+    result = lookup_secrets(names, settings, environ)
+    missing = result.missing(names)
     if missing:
-        raise CredentialsError(
-            f"missing credentials: {', '.join(missing)} (set them in the OS keyring under service "
-            f"'{KEYRING_SERVICE}' or in the environment)"
-        )
-    return {name: value for name, value in found.items() if value}
+        tried = "; ".join(f"{source}: {why}" for source, why in result.reasons)
+        raise CredentialsError(f"missing credentials {', '.join(missing)}; tried {tried}")
+    return {name: result.values[name] for name in names}
+
+
+# --- writing the file ----------------------------------------------------------------------------
+
+def values_from_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The :data:`SECRET_NAMES` set (non-empty) in ``environ`` (default ``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name].strip() for name in SECRET_NAMES if environ.get(name, "").strip()}
+
+
+def values_from_prompt(prompt: Callable[[str], str]) -> dict[str, str]:
+    """Ask for each of :data:`SECRET_NAMES` with ``prompt`` (``getpass.getpass``: nothing echoed);
+    an empty answer leaves that name out."""
+    values = {}
+    for name in SECRET_NAMES:
+        answer = prompt(f"{name} (empty to skip): ").strip()
+        if answer:
+            values[name] = answer
+    return values
+
+
+def write_credentials_file(path: Path, values: Mapping[str, str], *, force: bool = False) -> Path:
+    """Create ``path`` (``~`` expanded) holding ``values`` as ``NAME=value`` lines, mode 0600 from
+    its first byte (``os.open`` with ``O_EXCL``); a missing parent directory is created mode 0700.
+    An existing file is refused unless ``force``, and then replaced atomically (``os.replace`` of
+    a 0600 temporary file), so no reader ever sees a partial file. Returns the path written."""
+    path = path.expanduser()
+    bad = [name for name in values if name not in SECRET_NAMES]
+    if bad:
+        raise CredentialsError(f"unknown credential names: {', '.join(bad)}")
+    if not values:
+        raise CredentialsError(f"no credentials to write (give at least one of {', '.join(SECRET_NAMES)})")
+    for name, value in values.items():
+        if not value.strip() or "\n" in value or "\r" in value:
+            raise CredentialsError(f"{name}: a value must be one non-empty line")
+    if path.exists() and not force:
+        raise CredentialsError(f"{path} exists; refusing to overwrite it (use --force to replace it)")
+    text = "# pmp_scrapy credentials (NAME=value); keep this file mode 0600\n"
+    text += "".join(f"{name}={values[name].strip()}\n" for name in SECRET_NAMES if name in values)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True)
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if force else path
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags, 0o600)
+    except FileExistsError:
+        raise CredentialsError(f"{path} exists; refusing to overwrite it (use --force to replace it)") from None
+    except OSError as exc:
+        raise CredentialsError(f"cannot create {path}: {exc.strerror or type(exc).__name__}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)  # the umask may have removed the owner's bits
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if target != path:
+            os.replace(target, path)
+    except OSError as exc:
+        target.unlink(missing_ok=True)  # ours: created above with O_EXCL
+        raise CredentialsError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from None
+    return path

@@ -18,16 +18,30 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
-from scrapy import Request
+from scrapy import Request, signals
+from scrapy.core.downloader import Slot
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
+from scrapy.core.engine import ExecutionEngine
 from scrapy.exceptions import DownloadFailedError
+from scrapy.http import Response
+from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
+from conftest import crawl_settings, expected_table, mapping_table, max_requests_in_window, oauth_env, run_crawl
+from pmp_scrapy import pacing
+from pmp_scrapy.errors import ConfigError
+from pmp_scrapy.extensions.pacer import Pacer, pace_limits
 from pmp_scrapy.http import NoSilentRetryDownloadHandler
+from pmp_scrapy.simulator import DatasetSpec, Fault, RecordedRequest, Scenario, Simulator
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 HANDLER = "pmp_scrapy.http.NoSilentRetryDownloadHandler"
 HANDLERS = {"http": HANDLER, "https": HANDLER}
@@ -119,3 +133,337 @@ async def test_scrapys_stock_handler_resends_silently(dropping_server: DroppingS
     error = await second_request_on_a_reused_connection(HTTP11DownloadHandler, dropping_server)
     assert error is None  # the re-sent copy was answered, and nobody counted it
     assert dropping_server.arrivals == [(1, 1), (1, 2), (2, 1)]  # two arrivals for one request
+
+
+# --- pure decisions (pmp_scrapy.pacing) -------------------------------------------------------------
+
+LIMITS = pacing.PaceLimits(base_delay=0.26, max_delay=8.0, max_in_flight=16)
+
+
+def test_the_spacing_keeps_a_margin_over_the_limit() -> None:
+    assert pacing.paced_delay(0.25, 0.04) == pytest.approx(0.26)
+    assert 4 * pacing.paced_delay(0.25, 0.04) > 1.0  # five starts never fit in one second
+
+
+@pytest.mark.parametrize(("latency", "delay", "expected"), [
+    (None, 0.26, 16),  # nothing known yet: the delay alone paces
+    (0.0, 0.26, 1),
+    (0.3, 0.26, 3),  # ceil(1.15) + 1
+    (2.5, 0.26, 11),  # ceil(9.6) + 1: enough to keep 3.85 starts a second at 2.5 s a page
+    (2.5, 0.52, 6),  # backed off: fewer requests wait at an overloaded server
+    (30.0, 0.26, 16),  # the memory cap
+    (2.5, 0.0, 16),
+])
+def test_in_flight_target_follows_latency_times_rate(latency: float | None, delay: float, expected: int) -> None:
+    assert pacing.in_flight_target(latency, delay, 16) == expected
+
+
+def feed(samples: list[float], latency: pacing.Latency | None = None) -> pacing.Latency:
+    for sample in samples:
+        latency = pacing.observe_latency(latency, sample)
+    assert latency is not None
+    return latency
+
+
+def test_the_latency_peak_rises_at_once_and_falls_slowly() -> None:
+    risen = feed([0.001, 2.5])  # a fast inventory answer, then a slow page
+    assert risen.peak == 2.5
+    fallen = feed([0.3], risen)
+    assert fallen.peak == pytest.approx(2.28)
+
+
+def test_a_slow_server_is_no_climb_at_any_level() -> None:
+    for level in (0.3, 2.5, 10.0):
+        jittered = [level * (1 + 0.5 * ((k * 7) % 5 - 2) / 2) for k in range(60)]  # ±50 %
+        latency = None
+        for sample in jittered:
+            latency = pacing.observe_latency(latency, sample)
+            assert not pacing.latency_climbing(latency), (level, latency)
+
+
+def test_a_sharp_climb_is_overload_and_costs_one_backoff_at_a_new_level() -> None:
+    latency = feed([0.001] + [0.3] * 20)  # the inventory answer is warm-up, not the baseline
+    assert not pacing.latency_climbing(latency)
+    latency = feed([3.0, 3.0], latency)
+    assert pacing.latency_climbing(latency)
+    latency = pacing.accept_level(latency)
+    for _ in range(30):  # PMP stays slow: no further signal
+        latency = feed([3.0], latency)
+        assert not pacing.latency_climbing(latency)
+
+
+def test_a_small_relative_climb_at_low_latency_is_noise() -> None:
+    latency = feed([0.05] * 10 + [0.4, 0.4])  # 8x, but only 0.35 s more
+    assert not pacing.latency_climbing(latency)
+
+
+@pytest.mark.parametrize(("status", "body", "reason"), [
+    (429, b"{}", pacing.RATE_LIMITED),
+    (500, b"<html>", pacing.SERVER_ERROR),
+    (503, b"", pacing.SERVER_ERROR),
+    (200, b"  \r\n<!DOCTYPE html><html>busy</html>", pacing.THROTTLE_PAGE),
+    (200, b'{"metadata": {}}', None),
+    (200, b"", None),  # empty or truncated: a retry, not a throttle sign
+    (401, b"<html>", None),
+    (404, b"{}", None),
+])
+def test_overload_reasons(status: int, body: bytes, reason: str | None) -> None:
+    assert pacing.overload_reason(status, body) == reason
+
+
+def test_backoff_doubles_once_per_burst_up_to_the_cap() -> None:
+    pace = pacing.Pace(0.26)
+    pace = pacing.back_off(pace, LIMITS, sent_at=10.0, now=12.0)
+    assert (pace.delay, pace.raised_at, pace.backoffs) == (0.52, 12.0, 1)
+    # the other requests of the burst left before the raise: no further doubling
+    assert pacing.back_off(pace, LIMITS, sent_at=11.9, now=12.1) is pace
+    for k in range(10):
+        pace = pacing.back_off(pace, LIMITS, sent_at=pace.raised_at + 0.5, now=pace.raised_at + 1)
+    assert pace.delay == 8.0 and pace.backoffs == 11
+
+
+def test_recovery_is_gradual_and_stops_at_the_base() -> None:
+    pace = pacing.Pace(2.08, raised_at=100.0, backoffs=3)
+    assert pacing.recover(pace, LIMITS, sent_at=99.0) is pace  # sent before the raise
+    steps = 0
+    while pace.delay > LIMITS.base_delay:
+        pace = pacing.recover(pace, LIMITS, sent_at=101.0)
+        steps += 1
+    assert pace.delay == LIMITS.base_delay and 6 <= steps <= 10
+    assert pacing.recover(pace, LIMITS, sent_at=101.0) is pace
+
+
+def test_slowness_alone_never_raises_the_delay() -> None:
+    """What AutoThrottle does wrong: at 2.5 s a page it spaces requests 1.25 s apart."""
+    pace, latency = pacing.Pace(LIMITS.base_delay), None
+    for sample in [0.001] + [2.5] * 50:
+        latency = pacing.observe_latency(latency, sample)
+        if pacing.latency_climbing(latency):
+            pace = pacing.back_off(pace, LIMITS, sent_at=0, now=0)
+        pace = pacing.recover(pace, LIMITS, sent_at=1)
+    assert pace.delay == LIMITS.base_delay
+    assert pacing.in_flight_target(latency.peak, pace.delay, 16) == 11
+
+
+# --- the Pacer extension, fed signals (no crawl) ------------------------------------------------------
+
+PMP = "pmp.example"
+PACER = "pmp_scrapy.extensions.pacer.Pacer"
+
+
+def pacer_crawler(**settings: Any) -> Crawler:
+    """A crawler with the Pacer enabled and a real (idle) engine, whose downloader has the PMP
+    slot Scrapy would make for CONCURRENT_REQUESTS_PER_DOMAIN = 2 and a jitter of ±50 %."""
+    crawler = get_crawler(settings_dict={
+        "PMP_BASE_URL": f"https://{PMP}", "PMP_ACCOUNTS_URL": "https://accounts.example",
+        "DOWNLOAD_DELAY": 0.25, "AUTOTHROTTLE_ENABLED": False, "CONCURRENT_REQUESTS": 20,
+        "EXTENSIONS": {PACER: 500}, **settings})
+    crawler.engine = ExecutionEngine(crawler, lambda _spider: None)
+    crawler.engine.downloader.slots[PMP] = Slot(concurrency=2, delay=0.25, jitter=0.5)
+    return crawler
+
+
+def reach(crawler: Crawler, **meta: Any) -> Request:
+    request = Request(f"https://{PMP}/dcapi/threats/systemreport/patches", meta={"download_slot": PMP, **meta})
+    crawler.signals.send_catch_log(signals.request_reached_downloader, request=request, spider=None)
+    return request
+
+
+def answer(crawler: Crawler, status: int = 200, body: bytes = b'{"metadata": {}}', latency: float = 0.3,
+           in_flight: int = 1, **meta: Any) -> None:
+    request = reach(crawler, **meta)
+    request.meta["download_latency"] = latency
+    slot = crawler.engine.downloader.slots[request.meta["download_slot"]]
+    slot.transferring = {Request(f"https://{PMP}/{k}") for k in range(in_flight)}
+    response = Response(request.url, status=status, body=body, request=request)
+    crawler.signals.send_catch_log(signals.response_downloaded, response=response, request=request, spider=None)
+    slot.transferring = set()
+
+
+def pmp_slot(crawler: Crawler) -> Slot:
+    return crawler.engine.downloader.slots[PMP]
+
+
+def test_the_pmp_slot_gets_the_spacing_with_margin_and_no_jitter_before_its_first_request() -> None:
+    crawler = pacer_crawler()
+    reach(crawler)
+    slot = pmp_slot(crawler)
+    assert (slot.delay, slot.jitter, slot.concurrency) == (pytest.approx(0.26), 0.0, 16)
+
+
+def test_slow_answers_raise_the_requests_in_flight_not_the_delay() -> None:
+    crawler = pacer_crawler()
+    answer(crawler, latency=0.001)  # the inventory
+    assert pmp_slot(crawler).concurrency == 2
+    for k in range(12):
+        answer(crawler, latency=2.5, in_flight=min(k + 2, 11))
+    slot, stats = pmp_slot(crawler), crawler.stats
+    assert (slot.delay, slot.concurrency) == (pytest.approx(0.26), 11)
+    assert stats.get_value("pmp/pace/in_flight_target") == 11
+    assert stats.get_value("pmp/pace/max_in_flight") == 11
+    assert stats.get_value("pmp/pace/latency") == pytest.approx(2.5, abs=0.05)
+    assert stats.get_value("pmp/pace/backoffs") is None
+
+
+def test_the_in_flight_cap_is_a_setting() -> None:
+    crawler = pacer_crawler(PMP_MAX_IN_FLIGHT=6)
+    answer(crawler, latency=10.0)
+    assert pmp_slot(crawler).concurrency == 6
+
+
+@pytest.mark.parametrize(("status", "body", "reason"), [
+    (429, b"{}", "429"), (503, b"<html>", "5xx"), (200, b"\n<html>throttled</html>", "throttle_page")])
+def test_overload_backs_off_once_per_burst_then_recovers(status: int, body: bytes, reason: str) -> None:
+    crawler = pacer_crawler()
+    answer(crawler, status=status, body=body, latency=0.05)
+    slot, stats = pmp_slot(crawler), crawler.stats
+    assert slot.delay == pytest.approx(0.52)
+    answer(crawler, status=status, body=body, latency=5.0)  # left before the raise: same burst
+    assert slot.delay == pytest.approx(0.52)
+    assert stats.get_value("pmp/pace/backoffs") == 1
+    assert stats.get_value(f"pmp/pace/backoffs/{reason}") == 1
+    assert stats.get_value("pmp/pace/max_delay") == pytest.approx(0.52)
+    for _ in range(4):
+        answer(crawler, latency=0.0)
+    assert slot.delay == pytest.approx(0.26)  # back at the limit, never under it
+    assert stats.get_value("pmp/pace/delay") == pytest.approx(0.26)
+
+
+def test_a_sharp_latency_climb_backs_off() -> None:
+    crawler = pacer_crawler()
+    for _ in range(10):
+        answer(crawler, latency=0.3)
+    answer(crawler, latency=4.0)
+    answer(crawler, latency=4.0)
+    assert crawler.stats.get_value("pmp/pace/backoffs/latency") == 1
+    assert pmp_slot(crawler).delay == pytest.approx(0.52)
+
+
+def test_side_requests_and_their_slots_are_left_alone() -> None:
+    crawler = pacer_crawler()
+    accounts = Slot(concurrency=2, delay=0.25, jitter=0.5)
+    crawler.engine.downloader.slots["pmp-accounts"] = accounts
+    answer(crawler, status=429, latency=3.0, download_slot="pmp-accounts", pmp_side_request=True)
+    assert (accounts.delay, accounts.jitter, accounts.concurrency) == (0.25, 0.5, 2)
+    assert crawler.stats.get_value("pmp/pace/backoffs") is None
+
+
+def test_a_slot_scrapy_made_anew_gets_the_current_pace() -> None:
+    crawler = pacer_crawler()
+    answer(crawler, status=503, latency=0.05)
+    crawler.engine.downloader.slots[PMP] = Slot(concurrency=2, delay=0.25, jitter=0.5)  # slot GC
+    reach(crawler)
+    assert pmp_slot(crawler).delay == pytest.approx(0.52)
+
+
+def test_no_delay_means_no_pacer() -> None:
+    crawler = pacer_crawler(DOWNLOAD_DELAY=0)
+    assert crawler.get_extension(Pacer) is None
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("PMP_MAX_IN_FLIGHT", "many", "PMP_MAX_IN_FLIGHT must be a positive integer, got 'many'"),
+    ("PMP_MAX_IN_FLIGHT", 0, "PMP_MAX_IN_FLIGHT must be a positive integer, got 0"),
+    ("PMP_RATE_MARGIN", 2, "PMP_RATE_MARGIN must be a number between 0 and 1, got 2"),
+    ("PMP_PACE_MAX_DELAY", 0.1, "PMP_PACE_MAX_DELAY must be a number at least the paced delay (0.26 s), got 0.1"),
+])
+def test_bad_pace_settings_are_named(name: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        pace_limits(Settings({name: value}), 0.25)
+    assert str(caught.value) == message
+
+
+# --- real crawls against the simulator ------------------------------------------------------------------
+
+SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
+PMP_KINDS = ("page", "inventory", "customers")  # every request to the PMP host counts
+
+
+def paced_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
+    """The project's settings with the pacer and the handler enabled, at the contract's rate;
+    CONCURRENT_REQUESTS* raised as the pacer needs (settings.py still has 3 and 2)."""
+    values: dict[str, Any] = {
+        "DOWNLOAD_DELAY": 0.25, "AUTOTHROTTLE_ENABLED": False, "PMP_PAGE_LIMIT": 30,
+        "PMP_BATCH_PAGES": 0, "CONCURRENT_REQUESTS": 20, "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+        "DOWNLOAD_HANDLERS": HANDLERS, **overrides}
+    settings = crawl_settings(sim, db_path, **values)
+    settings.set("EXTENSIONS", {**settings.getdict("EXTENSIONS"), PACER: 500}, priority="cmdline")
+    return settings
+
+
+def pmp_arrivals(sim: Simulator) -> list[RecordedRequest]:
+    return [r for r in sim.requests if r.kind in PMP_KINDS]
+
+
+def most_at_once(records: list[RecordedRequest], latency: float) -> int:
+    """The most requests the server held at once: overlapping [arrival, answer) intervals
+    (answered at arrival + latency where the record has no answer time)."""
+    events = []
+    for r in records:
+        answered = getattr(r, "answered", None) or r.t + latency
+        events += [(r.t, 1), (answered, -1)]
+    held = most = 0
+    for _, step in sorted(events):  # an answer at the same instant as an arrival ends first
+        held += step
+        most = max(most, held)
+    return most
+
+
+def assert_paced(records: list[RecordedRequest]) -> None:
+    """At most 4 arrivals in any one-second window as the server recorded them, never a
+    shorter window."""
+    times = [r.t for r in records]
+    assert max_requests_in_window(times, window=1.0) <= 4, sorted(b - a for a, b in zip(times, times[1:]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_pages_keep_the_rate_busy_and_never_exceed_it(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Simulator(scenario=Scenario(dataset=SMALL, latency=2.5)) as sim:
+        result = await run_crawl(paced_settings(sim, db_path), monkeypatch, env=oauth_env(sim))
+        records = pmp_arrivals(sim)
+        expected = expected_table(sim)
+    assert result.exit_code == 0, result.stats.get("pmp/exit_message")
+    assert mapping_table(db_path) == expected
+    pages = [r for r in records if r.kind == "page"]
+    assert len(pages) == 10
+    assert most_at_once(records, 2.5) >= 6  # AutoThrottle at 2 in flight held 2
+    assert result.stats["pmp/pace/max_in_flight"] >= 6
+    assert result.stats["pmp/pace/delay"] == pytest.approx(0.26)
+    assert "pmp/pace/backoffs" not in result.stats  # slow is not overloaded
+    assert_paced(records)
+    after_first = [b.t - a.t for a, b in zip(pages[1:], pages[2:])]
+    assert sorted(after_first)[len(after_first) // 2] >= 0.25  # the pages after page 1 left 0.26 s apart
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dropped_keep_alive_request_is_retried_by_the_policy_not_resent(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Page 4's first attempt goes out on the connection pages 1-3 used; the server drops it.
+    The retry middleware retries it after its backoff (Twisted would re-send it at once)."""
+    scenario = Scenario(dataset=SMALL, faults=[Fault(page=4, attempts=(1,), kind="drop")])
+    with Simulator(scenario=scenario) as sim:
+        settings = paced_settings(sim, db_path, PMP_BACKOFF_BASE=0.5)
+        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+        tries = [r for r in sim.requests if r.kind == "page" and r.page == 4]
+        records = pmp_arrivals(sim)
+    assert result.exit_code == 0, result.stats.get("pmp/exit_message")
+    assert [r.status for r in tries] == [0, 200]
+    assert tries[1].t - tries[0].t >= 0.5
+    assert result.stats["retry/count"] == 1
+    assert_paced(records)
+
+
+@pytest_twisted.ensureDeferred
+async def test_throttle_pages_and_5xx_back_off_then_the_pace_recovers(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = Scenario(dataset=DatasetSpec(managed_systems=600, no_patch_share=0.0), latency=0.3, faults=[
+        Fault(page=3, attempts=(1,), kind="html_200"), Fault(page=8, attempts=(1,), kind="http_503")])
+    with Simulator(scenario=scenario) as sim:
+        result = await run_crawl(paced_settings(sim, db_path), monkeypatch, env=oauth_env(sim))
+        records = pmp_arrivals(sim)
+    stats = result.stats
+    assert (stats["pmp/pace/backoffs/throttle_page"], stats["pmp/pace/backoffs/5xx"]) == (1, 1)
+    assert 0.52 <= stats["pmp/pace/max_delay"] <= 1.04
+    assert stats["pmp/pace/delay"] == pytest.approx(0.26)  # recovered before the last of 20 pages
+    assert_paced(records)

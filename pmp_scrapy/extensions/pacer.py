@@ -1,0 +1,199 @@
+"""Keeps the PMP rate limit busy at any latency and never exceeds it (issue 15).
+
+The ``Pacer`` owns the download slot(s) of the project's own requests to PMP (pages,
+inventory, catalog, customers; every request without the ``pmp_side_request`` meta marker):
+
+- **spacing**: the slot's ``delay`` is ``DOWNLOAD_DELAY × (1 + PMP_RATE_MARGIN)``, never less,
+  with no random jitter (``DOWNLOAD_DELAY_JITTER`` would let two starts come closer than the
+  limit); it is raised when PMP is overloaded (429, 5xx, an HTML page with status 200, latency
+  climbing sharply: doubled up to ``PMP_PACE_MAX_DELAY``) and eased back as answers come back
+  good. A slow PMP never lowers the rate: that is AutoThrottle's behaviour, which this replaces
+  (keep ``AUTOTHROTTLE_ENABLED = False``; both adjusting one slot would fight).
+- **requests in flight**: the slot's ``concurrency`` is enough to sustain that spacing at the
+  observed latency (``latency / delay + 1``, :func:`pmp_scrapy.pacing.in_flight_target`), at
+  most ``PMP_MAX_IN_FLIGHT``. ``CONCURRENT_REQUESTS`` caps the downloader as a whole and must
+  leave room above it (requests sleeping out a retry backoff, token calls, Slack posts).
+
+Side requests (token calls, Slack posts) have their own download slots and are not paced here.
+
+Reads ``DOWNLOAD_DELAY`` (via :mod:`pmp_scrapy.config`), ``PMP_RATE_MARGIN`` (default 0.04),
+``PMP_MAX_IN_FLIGHT`` (16), ``PMP_PACE_MAX_DELAY`` (8 s), ``CONCURRENT_REQUESTS`` and
+``AUTOTHROTTLE_ENABLED`` (both only to warn). Off (``NotConfigured``) when ``DOWNLOAD_DELAY``
+is 0: there is no rate to keep.
+
+Listens to ``request_reached_downloader`` (a new slot gets the pace before its first request
+leaves) and ``response_downloaded`` (every HTTP answer, including those the retry middleware
+will retry, with its ``download_latency``).
+
+Writes stats, as a report only: ``pmp/pace/delay`` (current spacing, s), ``pmp/pace/max_delay``,
+``pmp/pace/in_flight_target`` (current), ``pmp/pace/max_in_flight`` (most requests seen in
+flight at once), ``pmp/pace/latency`` (recent latency EWMA, s), ``pmp/pace/backoffs`` and
+``pmp/pace/backoffs/<429|5xx|throttle_page|latency>``. Logs ``pace_backoff`` (WARNING) and
+``pace_recovered`` (INFO).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+
+from pmp_scrapy import pacing
+from pmp_scrapy.config import get_config
+from pmp_scrapy.errors import ConfigError
+from pmp_scrapy.middlewares import SIDE_REQUEST
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from scrapy import Request
+    from scrapy.core.downloader import Slot
+    from scrapy.crawler import Crawler
+    from scrapy.http import Response
+    from scrapy.settings import BaseSettings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_IN_FLIGHT = 16
+DEFAULT_RATE_MARGIN = 0.04
+DEFAULT_MAX_DELAY = 8.0
+
+
+def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
+    """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
+    run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
+    raw_cap = settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)
+    try:
+        cap = int(str(raw_cap).strip())
+    except ValueError:
+        cap = 0
+    if cap < 1:
+        raise ConfigError(f"PMP_MAX_IN_FLIGHT must be a positive integer, got {raw_cap!r}")
+    margin = _float_setting(settings, "PMP_RATE_MARGIN", DEFAULT_RATE_MARGIN, "between 0 and 1", 0.0, 1.0)
+    base = pacing.paced_delay(download_delay, margin)
+    max_delay = _float_setting(settings, "PMP_PACE_MAX_DELAY", DEFAULT_MAX_DELAY,
+                               f"at least the paced delay ({base:g} s)", base, float("inf"))
+    return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=cap)
+
+
+def _float_setting(settings: BaseSettings, name: str, default: float, bound: str, low: float,
+                   high: float) -> float:
+    raw = settings.get(name, default)
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        raise ConfigError(f"{name} must be a number {bound}, got {raw!r}")
+    return value
+
+
+@dataclass
+class _PacedSlot:
+    """One paced download slot: Scrapy's slot object and its pace."""
+
+    slot: Slot
+    pace: pacing.Pace
+    latency: pacing.Latency | None = None
+
+
+class Pacer:
+    """Paces the PMP download slot; see the module docstring."""
+
+    def __init__(self, crawler: Crawler, limits: pacing.PaceLimits) -> None:
+        self.crawler = crawler
+        self.limits = limits
+        self._slots: dict[str, _PacedSlot] = {}
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> Self:
+        download_delay = get_config(crawler).download_delay
+        if download_delay <= 0:
+            raise NotConfigured("DOWNLOAD_DELAY is 0: no request rate to pace")
+        settings = crawler.settings
+        pacer = cls(crawler, pace_limits(settings, download_delay))
+        if settings.getbool("AUTOTHROTTLE_ENABLED"):
+            logger.warning("AutoThrottle is enabled alongside the pacer: it lowers the request rate "
+                           "whenever PMP is slow; set AUTOTHROTTLE_ENABLED = False",
+                           extra={"event_type": "pace_config"})
+        total = settings.getint("CONCURRENT_REQUESTS")
+        if 0 < total <= pacer.limits.max_in_flight:
+            logger.warning("CONCURRENT_REQUESTS=%d leaves no room above PMP_MAX_IN_FLIGHT=%d: "
+                           "fewer requests may be in flight than slow answers need",
+                           total, pacer.limits.max_in_flight, extra={"event_type": "pace_config"})
+        crawler.signals.connect(pacer.request_reached_downloader, signal=signals.request_reached_downloader)
+        crawler.signals.connect(pacer.response_downloaded, signal=signals.response_downloaded)
+        return pacer
+
+    # --- signals -----------------------------------------------------------------------------------
+    def request_reached_downloader(self, request: Request, spider: Any = None) -> None:
+        """Give the request's slot the pace before its first request leaves (and again if
+        Scrapy dropped an idle slot and made a new one)."""
+        if request.meta.get(SIDE_REQUEST):
+            return
+        key = request.meta.get("download_slot")
+        slot = self.crawler.engine.downloader.slots.get(key) if key is not None else None
+        if slot is None:
+            return
+        paced = self._slots.get(key)
+        if paced is None:
+            paced = self._slots[key] = _PacedSlot(slot, pacing.Pace(self.limits.base_delay))
+        elif paced.slot is not slot:
+            paced.slot = slot
+        else:
+            return
+        slot.jitter = 0.0
+        self._apply(paced)
+
+    def response_downloaded(self, response: Response, request: Request, spider: Any = None) -> None:
+        """Learn latency and overload from one answer; adjust the slot."""
+        paced = self._slots.get(request.meta.get("download_slot"))  # type: ignore[arg-type]
+        if paced is None or request.meta.get(SIDE_REQUEST):
+            return
+        now = monotonic()
+        seconds = request.meta.get("download_latency")
+        sent_at = now - seconds if seconds is not None else now
+        reason = pacing.overload_reason(response.status, response.body)
+        if reason is None and seconds is not None:
+            paced.latency = pacing.observe_latency(paced.latency, seconds)
+            if pacing.latency_climbing(paced.latency):
+                reason = pacing.LATENCY_CLIMB
+                paced.latency = pacing.accept_level(paced.latency)
+        before = paced.pace
+        if reason is not None:
+            paced.pace = pacing.back_off(before, self.limits, sent_at=sent_at, now=now)
+            if paced.pace is not before:
+                self._log_backoff(paced, reason, before.delay)
+        else:
+            paced.pace = pacing.recover(before, self.limits, sent_at=sent_at)
+            if paced.pace.delay <= self.limits.base_delay < before.delay:
+                logger.info("PMP answers normally again: back to one request every %.2f s",
+                            paced.pace.delay, extra={"event_type": "pace_recovered",
+                                                     "delay_s": round(paced.pace.delay, 3)})
+        self.crawler.stats.max_value("pmp/pace/max_in_flight", len(paced.slot.transferring))
+        self._apply(paced)
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _apply(self, paced: _PacedSlot) -> None:
+        peak = paced.latency.peak if paced.latency is not None else None
+        target = pacing.in_flight_target(peak, paced.pace.delay, self.limits.max_in_flight)
+        paced.slot.delay = paced.pace.delay
+        paced.slot.concurrency = target
+        stats = self.crawler.stats
+        stats.set_value("pmp/pace/delay", round(paced.pace.delay, 4))
+        stats.max_value("pmp/pace/max_delay", round(paced.pace.delay, 4))
+        stats.set_value("pmp/pace/in_flight_target", target)
+        if paced.latency is not None:
+            stats.set_value("pmp/pace/latency", round(paced.latency.recent, 3))
+
+    def _log_backoff(self, paced: _PacedSlot, reason: str, old_delay: float) -> None:
+        self.crawler.stats.inc_value("pmp/pace/backoffs")
+        self.crawler.stats.inc_value(f"pmp/pace/backoffs/{reason}")
+        logger.warning("PMP signals overload (%s): one request every %.2f s instead of %.2f s",
+                       reason, paced.pace.delay, old_delay,
+                       extra={"event_type": "pace_backoff", "reason": reason,
+                              "delay_s": round(paced.pace.delay, 3), "previous_delay_s": round(old_delay, 3)})

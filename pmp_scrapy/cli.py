@@ -16,6 +16,7 @@ import inspect
 import os
 import pkgutil
 import sys
+import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -32,10 +33,11 @@ from pmp_scrapy.credentials import (
 from pmp_scrapy.errors import PMPError
 
 PROG = "pmp-scrapy"
+HELP_COLUMNS = 80
 SETTINGS_MODULE = "pmp_scrapy.settings"
 OWN_COMMANDS = {
-    "simulator": "Run the fake Patch Manager Plus + Zoho accounts server (--port, --scenario …)",
-    "credentials": "credentials init [FILE] [--from-env] [--force]: write a mode 0600 credentials file",
+    "simulator": "Run the fake PMP + Zoho accounts server (--port, --scenario ...)",
+    "credentials": "init [FILE] [--from-env] [--force]: write a 0600 credentials file",
 }
 
 
@@ -79,18 +81,21 @@ def scrapy_command_names() -> set[str]:
 def usage() -> str:
     """The ``pmp-scrapy --help`` text: every subcommand with its one-line description."""
     commands = {**project_commands(), **OWN_COMMANDS}
-    width = max(len(name) for name in commands) + 2
-    listing = "\n".join(f"  {name:<{width}}{desc}" for name, desc in sorted(commands.items()))
+    width = max(len(name) for name in commands) + 4
+    listing = "\n".join(
+        textwrap.fill(desc, HELP_COLUMNS, initial_indent=f"  {name:<{width - 2}}", subsequent_indent=" " * width)
+        for name, desc in sorted(commands.items()))
     return (f"usage: {PROG} <command> [options] [args]\n\n"
-            f"pmp_scrapy {__version__}: ManageEngine Patch Manager Plus patch inventory into SQL.\n"
-            f"Runs from any directory: settings come from {SETTINGS_MODULE} (or SCRAPY_SETTINGS_MODULE).\n\n"
+            f"pmp_scrapy {__version__}: Patch Manager Plus patch inventory into SQL.\n"
+            f"Runs from any directory with the settings of {SETTINGS_MODULE}\n"
+            f"(SCRAPY_SETTINGS_MODULE overrides).\n\n"
             f"commands:\n{listing}\n\n"
             f"examples:\n"
-            f"  {PROG} crawl dcapi_patches -a demo=1      # the whole job against the built-in simulator\n"
+            f"  {PROG} crawl dcapi_patches -a demo=1\n"
             f"  {PROG} status -s PMP_DATABASE_URL=sqlite:///pmp_demo.db\n"
             f"  {PROG} credentials init ~/.config/pmp_scrapy/credentials\n\n"
-            f"Scrapy's other commands (settings, list, version …) work too. "
-            f'"{PROG} <command> -h" shows a command\'s options.')
+            f"Scrapy's other commands (settings, list, version ...) work too.\n"
+            f'"{PROG} <command> -h" shows the options of a command.')
 
 
 def run_scrapy(args: list[str]) -> int:

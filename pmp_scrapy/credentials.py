@@ -85,8 +85,8 @@ def read_credentials_file(path: Path) -> dict[str, str]:
         raise _refuse(path, "permission denied") from None
     except OSError as exc:
         raise _refuse(path, f"cannot open it ({exc.strerror or type(exc).__name__})") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)  # the file opened, not the name: no swap between check and read
         if not stat.S_ISREG(info.st_mode):
             raise _refuse(path, "not a regular file")
         if info.st_uid != os.geteuid():
@@ -94,10 +94,16 @@ def read_credentials_file(path: Path) -> dict[str, str]:
                                 f"(fix: chown {os.geteuid()} {quoted} && chmod 600 {quoted})")
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
-            raise _refuse(path, f"mode {mode:04o} lets group/others read it; refusing it (fix: chmod 600 {quoted})")
-        if info.st_size > MAX_FILE_BYTES:
+            raise _refuse(path, f"mode {mode:04o} gives group/others access; refusing it (fix: chmod 600 {quoted})")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1)):
+            data += chunk
+        if len(data) > MAX_FILE_BYTES:
             raise _refuse(path, f"larger than {MAX_FILE_BYTES // 1024} KB; not a credentials file")
-        data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise _refuse(path, f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        os.close(fd)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

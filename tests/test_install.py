@@ -23,9 +23,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SECRET_ENV, db_rows, oauth_env, scrapy_env
 from packaging.requirements import Requirement
 
-from conftest import ROOT, SECRET_ENV, db_rows, oauth_env, scrapy_env
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -77,15 +77,15 @@ def clean_env(home: Path) -> dict[str, str]:
 def run(args: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: float = 120,
         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def can_build_without_isolation() -> bool:
     """``pip install --no-build-isolation`` builds a wheel with this interpreter's setuptools,
     which needs the ``wheel`` package before setuptools 70.1."""
-    import setuptools
+    from importlib.metadata import version as installed_version
 
-    version = tuple(int(part) for part in re.findall(r"\d+", setuptools.__version__)[:2])
+    version = tuple(int(part) for part in re.findall(r"\d+", installed_version("setuptools"))[:2])
     return version >= (70, 1) or importlib.util.find_spec("wheel") is not None
 
 
@@ -134,8 +134,8 @@ def test_installed_package_runs_demo_status_and_help_from_an_empty_directory(tmp
     assert script.is_file()
 
     # A real (not editable) install of the checkout's files, imported from the venv.
-    where = run([python, "-c", "import json, pmp_scrapy, importlib.metadata as m; "
-                 "print(json.dumps([pmp_scrapy.__file__, m.distribution('pmp_scrapy').read_text('direct_url.json')]))"],
+    where = run([python, "-c", ("import json, pmp_scrapy, importlib.metadata as m; print(json.dumps("
+                                "[pmp_scrapy.__file__, m.distribution('pmp_scrapy').read_text('direct_url.json')]))")],
                 cwd=workdir, env=env)
     assert where.returncode == 0, where.stderr
     module_file, direct_url = json.loads(where.stdout)
@@ -181,7 +181,7 @@ def build_egg(src: Path) -> zipfile.ZipFile:
     """``python setup.py bdist_egg`` in ``src``, as scrapyd-deploy runs it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMP_", "SCRAPY_")) and k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "setup.py", "bdist_egg", "-d", "dist"], cwd=src, env=env,
-                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     (egg,) = (src / "dist").glob("*.egg")
     return zipfile.ZipFile(egg)
@@ -212,9 +212,9 @@ def test_egg_holds_every_package_and_template_with_or_without_pyproject(tmp_path
     # scrapyd puts the zipped egg itself on sys.path: the template must load from the zip.
     egg_path = eggs["checkout"].filename
     env = {**clean_env(tmp_path), "PYTHONPATH": str(egg_path)}
-    code = ("import jinja2, pmp_scrapy; assert pmp_scrapy.__file__.startswith(%r); "
+    code = (f"import jinja2, pmp_scrapy; assert pmp_scrapy.__file__.startswith({str(egg_path)!r}); "
             "e = jinja2.Environment(loader=jinja2.PackageLoader('pmp_scrapy', 'reporting/templates')); "
-            "print(e.get_template('packaging_probe.j2').render(value=42))" % str(egg_path))
+            "print(e.get_template('packaging_probe.j2').render(value=42))")
     loaded = run([sys.executable, "-c", code], cwd=tmp_path, env=env)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.strip() == "probe 42"

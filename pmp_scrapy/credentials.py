@@ -140,6 +140,17 @@ def parse_credentials(text: str, path: Path | str = "<text>") -> dict[str, str]:
     return values
 
 
+def check_credentials_file(settings: BaseSettings | None = None,
+                           environ: Mapping[str, str] | None = None) -> Path | None:
+    """Read and check the file ``PMP_CREDENTIALS_FILE`` names, if any (for a pre-flight that
+    needs no secret, e.g. demo mode, to refuse a bad file in one line); returns its path.
+    Raises :class:`CredentialsError` as :func:`read_credentials_file` does."""
+    path = credentials_file_path(settings, environ)
+    if path is not None:
+        read_credentials_file(path)
+    return path
+
+
 # --- the keyring ---------------------------------------------------------------------------------
 
 def _keyring_lookup(names: list[str]) -> tuple[dict[str, str], str | None]:

@@ -31,6 +31,7 @@ from pmp_scrapy.credentials import (
     NO_BACKEND,
     OAUTH_NAMES,
     SECRET_NAMES,
+    check_credentials_file,
     credentials_file_path,
     parse_credentials,
     read_credentials_file,
@@ -262,6 +263,15 @@ def test_oversized_or_binary_file_is_refused_without_showing_it(tmp_path: Path) 
     with pytest.raises(CredentialsError, match=r"binary: not UTF-8 text$") as caught:
         read_credentials_file(binary)
     assert "s3cr3t" not in str(caught.value) and "xff" not in str(caught.value)
+
+
+def test_check_credentials_file_refuses_a_bad_file_even_when_no_secret_is_needed(tmp_path: Path) -> None:
+    assert check_credentials_file(Settings(), {}) is None
+    path = oauth_file(tmp_path / "creds")
+    assert check_credentials_file(Settings({"PMP_CREDENTIALS_FILE": str(path)}), {}) == path
+    path.chmod(0o640)
+    with pytest.raises(CredentialsError, match=r"mode 0640 gives group/others access"):
+        check_credentials_file(None, {"PMP_CREDENTIALS_FILE": str(path)})
 
 
 def test_symlink_to_a_private_file_is_followed_and_checked(tmp_path: Path) -> None:

@@ -139,6 +139,9 @@ def credentials_main(argv: list[str]) -> int:
     opts = parser.parse_args(argv)
     path = opts.file or credentials_file_path() or Path(DEFAULT_FILE)
     path = path.expanduser()
+    if path.exists() and not opts.force:  # before asking for anything; the write re-checks (O_EXCL)
+        fail(f"{path} exists; refusing to overwrite it (use --force to replace it)")
+        return 1
     try:
         if opts.from_env:
             values = values_from_environment()

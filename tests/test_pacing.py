@@ -39,6 +39,7 @@ from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.extensions.pacer import Pacer, pace_limits
 from pmp_scrapy.http import NoSilentRetryDownloadHandler
 from pmp_scrapy.simulator import DatasetSpec, Fault, RecordedRequest, Scenario, Simulator
+from pmp_scrapy.simulator.api import PMP_KINDS  # every request to the PMP host counts
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -376,7 +377,8 @@ def test_bad_pace_settings_are_named(name: str, value: Any, message: str) -> Non
 # --- real crawls against the simulator ------------------------------------------------------------------
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-PMP_KINDS = ("page", "inventory", "customers")  # every request to the PMP host counts
+STRICT_HTML = {"max_per_second": 4, "reply": "html_200"}
+STRICT_429 = {"max_per_second": 4, "reply": "429"}
 
 
 def paced_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
@@ -395,13 +397,12 @@ def pmp_arrivals(sim: Simulator) -> list[RecordedRequest]:
     return [r for r in sim.requests if r.kind in PMP_KINDS]
 
 
-def most_at_once(records: list[RecordedRequest], latency: float) -> int:
-    """The most requests the server held at once: overlapping [arrival, answer) intervals
-    (answered at arrival + latency where the record has no answer time)."""
+def most_at_once(records: list[RecordedRequest]) -> int:
+    """The most requests the server held at once: overlapping [arrival, answer) intervals."""
     events = []
     for r in records:
-        answered = getattr(r, "answered", None) or r.t + latency
-        events += [(r.t, 1), (answered, -1)]
+        assert r.answered is not None
+        events += [(r.t, 1), (r.answered, -1)]
     held = most = 0
     for _, step in sorted(events):  # an answer at the same instant as an arrival ends first
         held += step
@@ -419,21 +420,49 @@ def assert_paced(records: list[RecordedRequest]) -> None:
 @pytest_twisted.ensureDeferred
 async def test_slow_pages_keep_the_rate_busy_and_never_exceed_it(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, latency=2.5)) as sim:
+    """2.5 s ± 0.5 s a page behind PMP's strict limiter answering HTML throttle pages: many
+    requests at once, no arrival ever refused, no backoff (slow is not overloaded)."""
+    scenario = Scenario(dataset=SMALL, latency=2.5, latency_jitter=0.5, rate_limit=STRICT_HTML)
+    with Simulator(scenario=scenario) as sim:
         result = await run_crawl(paced_settings(sim, db_path), monkeypatch, env=oauth_env(sim))
         records = pmp_arrivals(sim)
         expected = expected_table(sim)
+        refused = sim.rate_limited_count
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
     assert mapping_table(db_path) == expected
     pages = [r for r in records if r.kind == "page"]
     assert len(pages) == 10
-    assert most_at_once(records, 2.5) >= 6  # AutoThrottle at 2 in flight held 2
+    assert most_at_once(records) >= 6  # AutoThrottle at 2 in flight held 2
     assert result.stats["pmp/pace/max_in_flight"] >= 6
     assert result.stats["pmp/pace/delay"] == pytest.approx(0.26)
-    assert "pmp/pace/backoffs" not in result.stats  # slow is not overloaded
+    assert "pmp/pace/backoffs" not in result.stats
+    assert refused == 0
     assert_paced(records)
     after_first = [b.t - a.t for a, b in zip(pages[1:], pages[2:])]
     assert sorted(after_first)[len(after_first) // 2] >= 0.25  # the pages after page 1 left 0.26 s apart
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_strict_limiter_never_refuses_a_sweep_with_drops_5xx_and_slow_pages(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries go through the paced slot like every other request: even with every fourth
+    reused connection dropped, two 5xx and a slow page, no arrival is refused for rate."""
+    scenario = Scenario(dataset=SMALL, latency=0.4, latency_jitter=0.3, rate_limit=STRICT_429,
+                        drop_reused={"every": 4}, faults=[
+                            Fault(page=3, attempts=(1,), kind="http_503"),
+                            Fault(page=5, attempts=(1,), kind="http_502"),
+                            Fault(page=7, attempts=(1,), kind="slow", delay=2.0)])
+    with Simulator(scenario=scenario) as sim:
+        settings = paced_settings(sim, db_path, PMP_BACKOFF_BASE=0.2, PMP_MAX_ATTEMPTS=6)  # a drop may
+        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))  # hit a retry again
+        records = pmp_arrivals(sim)
+        expected = expected_table(sim)
+        refused = sim.rate_limited_count
+    assert result.exit_code == 0, result.stats.get("pmp/exit_message")
+    assert mapping_table(db_path) == expected
+    assert sum(r.fault == "drop_reused" for r in records) >= 1
+    assert refused == 0 and not any(r.fault == "rate_limited" for r in records)
+    assert_paced(records)
 
 
 @pytest_twisted.ensureDeferred

@@ -12,9 +12,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 
@@ -51,6 +51,25 @@ def get(sim: Simulator, path: str, auth: str | None = DEMO_CREDENTIALS["api_key"
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as e:
         return e.code, dict(e.headers), e.read()
+
+
+def get_json(sim: Simulator, path: str, auth: str | None = DEMO_CREDENTIALS["api_key"]) -> Any:
+    """GET ``path`` and parse the body as JSON (whatever the status)."""
+    return json.loads(get(sim, path, auth)[2].decode("utf-8"))
+
+
+def sweep(sim: Simulator, path: str, entity: str, limit: int = 30, customer: str | None = None
+          ) -> list[dict[str, Any]]:
+    """Every entry of the paged /dcapi endpoint ``path`` (``message_response.<entity>``)."""
+    extra = f"&customername={urllib.parse.quote(customer)}" if customer else ""
+    entries: list[dict[str, Any]] = []
+    page, pages = 1, 1
+    while page <= pages:
+        doc = get_json(sim, f"{path}?page={page}&pageLimit={limit}{extra}")
+        pages = doc["metadata"]["totalPages"]
+        entries += doc["message_response"][entity]
+        page += 1
+    return entries
 
 
 def test_page_envelope_and_content_type(sim: Simulator) -> None:
@@ -213,5 +232,5 @@ def test_subprocess_prints_url_first_and_stops_on_sigterm(tmp_path: Path) -> Non
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     run = subprocess.run([sys.executable, "-m", "pmp_scrapy.simulator", "--scenario", str(bad)],
-                         capture_output=True, text=True, env=env, timeout=10)
+                         check=False, capture_output=True, text=True, env=env, timeout=10)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1

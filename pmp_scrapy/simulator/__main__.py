@@ -9,11 +9,13 @@ import sys
 import threading
 from types import FrameType
 
+from .cli_help import DESCRIPTION, epilog
 from .scenario import Scenario
 from .server import Simulator
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only."""
     if host == "localhost":
         return True
     try:
@@ -24,12 +26,13 @@ def _is_loopback(host: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, serve until SIGTERM/SIGINT; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m pmp_scrapy.simulator",
-                                     description="Fake Patch Manager Plus + Zoho accounts server.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--scenario", metavar="FILE.json", help="scenario JSON file")
-    parser.add_argument("--seed", type=int, default=42)
+    parser = argparse.ArgumentParser(prog="python -m pmp_scrapy.simulator", description=DESCRIPTION,
+                                     epilog=epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind; 0 (default) picks a free one")
+    parser.add_argument("--scenario", metavar="FILE.json", help="scenario JSON file (format below)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the generated data and latency jitter (default 42)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow binding a non-loopback address")
     args = parser.parse_args(argv)

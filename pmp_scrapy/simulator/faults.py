@@ -27,6 +27,23 @@ TOKEN_FAULT_KINDS = frozenset({
     "access_denied", "invalid_code", "http_429", "http_status", *HTTP_ERROR_KINDS,
     "html_200", "empty_200", "slow", "drop",
 })
+FAULT_MEANINGS = {
+    "http_401": "401 JSON (invalid token)",
+    "http_429": "429 JSON, Retry-After from retry_after",
+    "http_500": "500 HTML error page", "http_502": "502 HTML error page",
+    "http_503": "503 HTML error page", "http_504": "504 HTML error page",
+    "http_status": "the given status (HTML for 5xx, 403, 404; JSON otherwise)",
+    "html_200": "HTTP 200 with an HTML page",
+    "empty_200": "HTTP 200 with an empty body",
+    "truncated_200": "the genuine body cut in half",
+    "wrong_shape": "JSON without the list (odd attempts) or with an object for it (even)",
+    "slow": "the genuine answer after delay more seconds",
+    "drop": "the connection closed unanswered (after delay seconds)",
+    "missing_fields": "patch_id missing on some entries (inventory: no total)",
+    "zero_systems": "an empty list (inventory: total 0)",
+    "access_denied": "token endpoint: HTTP 200 {\"error\": \"Access Denied\"}",
+    "invalid_code": "token endpoint: HTTP 200 {\"error\": \"invalid_code\"}",
+}
 FAULT_ENDPOINTS = ("page", "inventory", "catalog")
 ENTITIES = {"page": "systemreport", "inventory": "computers", "catalog": "patches"}
 

@@ -38,6 +38,7 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 would make a burst of connects wait a second
 
     def __init__(self, address: tuple[str, int], sim: Answerer) -> None:
         self.sim = sim

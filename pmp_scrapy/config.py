@@ -1,88 +1,143 @@
-"""Parses and validates every ``PMP_*`` value into one frozen, typed :class:`PMPConfig`.
+"""Every ``PMP_*`` setting, declared once in :data:`SETTINGS`, and parsed into one frozen, typed
+:class:`PMPConfig`.
 
-Precedence (contract): ``-s NAME=VALUE`` (and spider arguments) win over the environment,
-which wins over ``settings.py``. :class:`EnvironmentAddon` folds the environment into the
-settings once, before they freeze; secrets are never copied into settings (``scrapy settings
---get`` would print them): :mod:`pmp_scrapy.credentials` reads those itself.
+From the table come ``settings.py``'s defaults (:func:`project_defaults`), the names the
+environment may set (:data:`ENVIRONMENT_SETTINGS`) and every :class:`PMPConfig` field.
+Precedence (contract): ``-s NAME=VALUE`` (and spider arguments) win over the environment, which
+wins over ``settings.py``. :class:`EnvironmentAddon` folds the environment into the settings once,
+before they freeze; secrets are never copied into settings (``scrapy settings --get`` would print
+them): :mod:`pmp_scrapy.credentials` reads those itself.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from scrapy.settings import SETTINGS_PRIORITIES
 
+from pmp_scrapy import values as v
 from pmp_scrapy.errors import ConfigError
+from pmp_scrapy.values import DEMO_DATABASE_URL, derive_accounts_url, is_loopback_host, parse_flag
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-#: Settings the environment may override. Secrets are deliberately absent.
-ENVIRONMENT_SETTINGS: tuple[str, ...] = (
-    "PMP_BASE_URL",
-    "PMP_AUTH",
-    "PMP_ACCOUNTS_URL",
-    "PMP_DATABASE_URL",
-    "PMP_PAGE_LIMIT",
-    "PMP_BATCH_PAGES",
-    "PMP_CHECKPOINT_EVERY",
-    "PMP_COVERAGE_TARGET",
-    "PMP_TOTAL_SYSTEMS",
-    "PMP_TOKEN_REFRESH_RATIO",
-    "PMP_TOKEN_DEFAULT_TTL",
-    "PMP_MAX_ATTEMPTS",
-    "PMP_BACKOFF_BASE",
-    "PMP_MAX_RETRY_AFTER",
-    "PMP_CUSTOMER",
-    "PMP_LOG_FORMAT",
-    "PMP_PROGRESS",
-    "PMP_LOG_ROTATE",
-    "PMP_LOG_BACKUPS",
-    "PMP_SLACK_MIN_INTERVAL",
-    "PMP_HOOK_TIMEOUT",
-    "PMP_SQLITE_BUSY_TIMEOUT",
-    "POST_EXTRACTION_HOOK",
-    "DOWNLOAD_DELAY",
-    "LOG_FILE",
-    "LOG_LEVEL",
+__all__ = ["DEMO_DATABASE_URL", "ENVIRONMENT_SETTINGS", "SETTINGS", "EnvironmentAddon", "PMPConfig",
+           "apply_environment", "apply_spider_arguments", "derive_accounts_url", "get_config",
+           "is_loopback_host", "load_config", "parse_flag"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, default, parser and whether the environment may set it. ``field``
+    is its :class:`PMPConfig` attribute (``None``: read by another component itself)."""
+
+    name: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    field: str | None
+    env: bool = True
+
+
+def _text(name: str, value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _positive(name: str, value: Any) -> int:
+    return v.integer(name, value, minimum=1)
+
+
+def _non_negative(name: str, value: Any) -> int:
+    return v.integer(name, value, minimum=0)
+
+
+def _seconds(name: str, value: Any) -> float:
+    return v.number(name, value, low=0.0)
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    return v.number(name, value, low=0.0, low_inclusive=False)
+
+
+def _fraction(name: str, value: Any) -> float:
+    return v.number(name, value, low=0.0, high=1.0, low_inclusive=False)
+
+
+def _optional_positive(name: str, value: Any) -> int | None:
+    return None if value in (None, "") else _positive(name, value)
+
+
+def _one_of(*choices: str) -> Callable[[str, Any], str]:
+    return lambda name, value: v.choice(name, value, choices)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("PMP_BASE_URL", None, _text, "base_url"),
+    Setting("PMP_AUTH", "oauth", _one_of("oauth", "apikey"), "auth"),
+    Setting("PMP_ACCOUNTS_URL", None, _text, "accounts_url"),
+    Setting("PMP_DATABASE_URL", None, lambda name, value: v.database_url(value), "database_url"),
+    Setting("PMP_PAGE_LIMIT", 30, _positive, "page_limit"),
+    Setting("PMP_BATCH_PAGES", 50, _non_negative, "batch_pages"),
+    Setting("PMP_CHECKPOINT_EVERY", 10, _positive, "checkpoint_every"),
+    Setting("PMP_COVERAGE_TARGET", 0.95, _fraction, "coverage_target"),
+    Setting("PMP_TOTAL_SYSTEMS", None, _optional_positive, "total_systems"),
+    Setting("PMP_TOKEN_REFRESH_RATIO", 0.8, _fraction, "token_refresh_ratio"),
+    Setting("PMP_TOKEN_DEFAULT_TTL", 56, _positive_seconds, "token_default_ttl"),
+    Setting("PMP_MAX_ATTEMPTS", 3, _positive, "max_attempts"),
+    Setting("PMP_BACKOFF_BASE", 1.0, _seconds, "backoff_base"),
+    Setting("PMP_MAX_RETRY_AFTER", 300, _seconds, "max_retry_after"),
+    Setting("PMP_CUSTOMER", None, _text, "customer"),
+    Setting("PMP_RESET", False, parse_flag, "reset", env=False),
+    Setting("PMP_DEMO", False, parse_flag, "demo", env=False),
+    Setting("POST_EXTRACTION_HOOK", None, _text, "post_extraction_hook"),
+    Setting("PMP_HOOK_TIMEOUT", 300, _positive_seconds, "hook_timeout"),
+    Setting("PMP_SQLITE_BUSY_TIMEOUT", 15, _seconds, "sqlite_busy_timeout"),
+    Setting("PMP_PROGRESS", "auto", _one_of("auto", "on", "off"), "progress"),
+    Setting("PMP_SLACK_MIN_INTERVAL", 60, _seconds, "slack_min_interval"),
+    # Read by the logging add-on alone (before anything else), see load_log_options.
+    Setting("PMP_LOG_FORMAT", "auto", _one_of("auto", "json", "console"), None),
+    Setting("PMP_LOG_ROTATE", "daily", _one_of("daily", "off"), None),
+    Setting("PMP_LOG_BACKUPS", 14, _non_negative, None),
+    # Scrapy's own, validated here so a bad value is one line naming it (at most 4 requests a second).
+    Setting("DOWNLOAD_DELAY", 0.25, _seconds, None),
 )
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
 
-DEFAULT_DATABASE_PATH = "~/.maia/databases/intelligence/pmp_config.db"
-DEMO_DATABASE_URL = "sqlite:///pmp_demo.db"
+#: Settings the environment may override: the table's, and Scrapy's own that operators set.
+#: Secrets are deliberately absent.
+ENVIRONMENT_SETTINGS: tuple[str, ...] = (*(s.name for s in SETTINGS if s.env), "LOG_FILE", "LOG_LEVEL")
 
-_ZOHO_ACCOUNTS = {
-    ".com": "https://accounts.zoho.com",
-    ".eu": "https://accounts.zoho.eu",
-    ".in": "https://accounts.zoho.in",
-    ".com.au": "https://accounts.zoho.com.au",
-    ".cn": "https://accounts.zoho.com.cn",
-    ".jp": "https://accounts.zoho.jp",
-    ".uk": "https://accounts.zoho.uk",
-    ".ca": "https://accounts.zohoone.ca",
-}
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+def project_defaults() -> dict[str, Any]:
+    """The table's defaults, as ``settings.py`` declares them."""
+    return {setting.name: setting.default for setting in SETTINGS}
+
+
+def read(settings: BaseSettings, name: str) -> Any:
+    """One table setting, validated."""
+    setting = _BY_NAME[name]
+    return setting.parse(name, settings.get(name, setting.default))
 
 
 def apply_environment(settings: BaseSettings, environ: Mapping[str, str] | None = None) -> None:
-    """Copy non-secret contract settings from the environment into ``settings``, unless the
-    command line (or a spider argument) already set them."""
+    """Copy non-secret settings from the environment into ``settings``, unless the command line
+    (or a spider argument) already set them; then derive Scrapy's ``RETRY_TIMES`` from
+    ``PMP_MAX_ATTEMPTS`` (attempts include the first)."""
     environ = os.environ if environ is None else environ
     for name in ENVIRONMENT_SETTINGS:
-        if name not in environ:
-            continue
-        if (settings.getpriority(name) or 0) >= SETTINGS_PRIORITIES["spider"]:
-            continue
-        settings.set(name, environ[name], priority="project")
+        if name in environ and (settings.getpriority(name) or 0) < SETTINGS_PRIORITIES["spider"]:
+            settings.set(name, environ[name], priority="project")
+    try:
+        attempts = read(settings, "PMP_MAX_ATTEMPTS")
+    except ConfigError:
+        return  # load_config reports it, naming the setting
+    settings.set("RETRY_TIMES", attempts - 1, priority=settings.getpriority("PMP_MAX_ATTEMPTS") or "project")
 
 
 class EnvironmentAddon:
@@ -92,120 +147,9 @@ class EnvironmentAddon:
         apply_environment(settings)
 
 
-def parse_flag(name: str, value: Any) -> bool:
-    """Parse a boolean setting or spider argument, naming it in the error."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ConfigError(f"{name} must be 1/0, true/false or yes/no, got {value!r}")
-
-
-def _integer(name: str, value: Any, *, minimum: int) -> int:
-    try:
-        number = int(str(value).strip())
-    except (TypeError, ValueError):
-        number = None
-    if number is None or number < minimum:
-        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    return number
-
-
-def _number(name: str, value: Any, *, low: float, high: float | None = None,
-            low_inclusive: bool = True) -> float:
-    try:
-        number = float(str(value).strip())
-    except (TypeError, ValueError):
-        number = None
-    ok = number is not None and number == number  # NaN check
-    if ok:
-        assert number is not None
-        ok = number >= low if low_inclusive else number > low
-        if high is not None:
-            ok = ok and number <= high
-    if not ok:
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        if not low_inclusive:
-            bound = f"greater than {low:g}" + (f" and at most {high:g}" if high is not None else "")
-        raise ConfigError(f"{name} must be a number {bound}, got {value!r}")
-    assert number is not None
-    return number
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    text = str(value).strip().lower()
-    if text not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return text
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """True for ``localhost`` and loopback IP addresses."""
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _http_url(name: str, value: Any) -> str:
-    url = str(value).strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{name} must be an http(s) URL such as https://patch.manageengine.com, got {value!r}")
-    return url
-
-
-def _base_url(value: Any, *, demo: bool) -> str:
-    if value in (None, ""):
-        if demo:
-            return ""  # filled in by the demo simulator before the config is read
-        raise ConfigError(
-            "PMP_BASE_URL is required (for example https://patch.manageengine.com.au); "
-            "use -a demo=1 to try the extractor on the built-in simulator"
-        )
-    return _http_url("PMP_BASE_URL", value)
-
-
-def derive_accounts_url(base_url: str) -> str | None:
-    """The Zoho accounts server sharing the PMP host's data-centre domain, or ``None``."""
-    host = (urlsplit(base_url).hostname or "").lower()
-    if is_loopback_host(host):
-        return base_url  # the simulator serves both APIs
-    if "manageengine" not in host:
-        return None
-    suffix = host.split("manageengine", 1)[1]
-    return _ZOHO_ACCOUNTS.get(suffix)
-
-
-def _database_url(value: Any) -> str:
-    if value in (None, ""):
-        return "sqlite:///" + str(Path(DEFAULT_DATABASE_PATH).expanduser())
-    url = str(value).strip()
-    if "://" not in url:
-        raise ConfigError(f"PMP_DATABASE_URL must be an SQLAlchemy URL such as sqlite:///path.db, got {url.split('@')[-1]!r}")
-    scheme = url.split("://", 1)[0].split("+", 1)[0]
-    if scheme not in ("sqlite", "postgresql", "postgres"):
-        raise ConfigError(f"PMP_DATABASE_URL must use sqlite or postgresql, got {scheme!r}")
-    if scheme == "sqlite" and url.startswith("sqlite:///~"):
-        url = "sqlite:///" + str(Path(url[len("sqlite:///"):]).expanduser())
-    if scheme == "postgres":
-        url = "postgresql" + url[len("postgres"):]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
 @dataclass(frozen=True)
 class PMPConfig:
-    """Every validated ``PMP_*`` value of one run."""
+    """Every validated setting of the table that a component reads through the config."""
 
     base_url: str
     auth: str
@@ -221,17 +165,13 @@ class PMPConfig:
     max_attempts: int
     backoff_base: float
     max_retry_after: float
-    download_delay: float
     customer: str | None
     reset: bool
     demo: bool
     post_extraction_hook: str | None
     hook_timeout: float
     sqlite_busy_timeout: float
-    log_format: str
     progress: str
-    log_rotate: str
-    log_backups: int
     slack_min_interval: float
 
     @property
@@ -257,80 +197,49 @@ class LogOptions:
 def load_log_options(settings: BaseSettings) -> LogOptions:
     """Validate ``PMP_LOG_FORMAT``, ``PMP_LOG_ROTATE`` and ``PMP_LOG_BACKUPS`` alone, so logging
     can be set up even when another setting is wrong."""
-    return LogOptions(
-        format=_choice("PMP_LOG_FORMAT", settings.get("PMP_LOG_FORMAT", "auto"), ("auto", "json", "console")),
-        rotate=_choice("PMP_LOG_ROTATE", settings.get("PMP_LOG_ROTATE", "daily"), ("daily", "off")),
-        backups=_integer("PMP_LOG_BACKUPS", settings.get("PMP_LOG_BACKUPS", 14), minimum=0),
-    )
+    return LogOptions(read(settings, "PMP_LOG_FORMAT"), read(settings, "PMP_LOG_ROTATE"),
+                      read(settings, "PMP_LOG_BACKUPS"))
 
 
 def database_url_from_settings(settings: BaseSettings) -> str:
-    """The validated ``PMP_DATABASE_URL`` (default path expanded), without requiring any other
-    setting: ``scrapy status`` needs no PMP server."""
-    return _database_url(settings.get("PMP_DATABASE_URL"))
+    """The validated ``PMP_DATABASE_URL``, without requiring any other setting: ``scrapy status``
+    needs no PMP server."""
+    return str(read(settings, "PMP_DATABASE_URL"))
 
 
 def coverage_target_from_settings(settings: BaseSettings) -> float:
     """The validated ``PMP_COVERAGE_TARGET`` (a fraction)."""
-    return _number("PMP_COVERAGE_TARGET", settings.get("PMP_COVERAGE_TARGET", 0.95), low=0.0, high=1.0,
-                   low_inclusive=False)
+    return float(read(settings, "PMP_COVERAGE_TARGET"))
 
 
 def total_systems_from_settings(settings: BaseSettings) -> int | None:
     """The validated ``PMP_TOTAL_SYSTEMS``, or ``None`` when coverage's denominator is discovered."""
-    total = settings.get("PMP_TOTAL_SYSTEMS")
-    return None if total in (None, "") else _integer("PMP_TOTAL_SYSTEMS", total, minimum=1)
+    total = read(settings, "PMP_TOTAL_SYSTEMS")
+    return None if total is None else int(total)
 
 
 def load_config(settings: BaseSettings) -> PMPConfig:
     """Validate the settings into a :class:`PMPConfig`; raise :class:`ConfigError` on the first
     bad value, naming the setting."""
-    demo = parse_flag("demo", settings.get("PMP_DEMO", False))
-    base_url = _base_url(settings.get("PMP_BASE_URL"), demo=demo)
-    auth = _choice("PMP_AUTH", settings.get("PMP_AUTH", "oauth"), ("oauth", "apikey"))
-    accounts = settings.get("PMP_ACCOUNTS_URL")
+    wanted = {f.name for f in fields(PMPConfig)}
+    parsed = {}
+    for setting in SETTINGS:  # every one is validated, also those another component reads
+        value = read(settings, setting.name)
+        if setting.field in wanted:
+            parsed[setting.field] = value
+    parsed["base_url"] = v.base_url(settings.get("PMP_BASE_URL"), demo=parsed["demo"])
+    accounts = parsed["accounts_url"]
     if accounts:
-        accounts = _http_url("PMP_ACCOUNTS_URL", accounts)
+        accounts = v.http_url("PMP_ACCOUNTS_URL", accounts)
     else:
-        accounts = derive_accounts_url(base_url) if base_url else ""
+        accounts = derive_accounts_url(parsed["base_url"]) if parsed["base_url"] else ""
         if accounts is None:
-            if auth == "oauth":
-                raise ConfigError(
-                    f"PMP_ACCOUNTS_URL is required: cannot derive the Zoho accounts server from {base_url!r}"
-                )
+            if parsed["auth"] == "oauth":
+                raise ConfigError(f"PMP_ACCOUNTS_URL is required: cannot derive the Zoho accounts server "
+                                  f"from {parsed['base_url']!r}")
             accounts = ""
-    customer = settings.get("PMP_CUSTOMER")
-    customer = str(customer).strip() or None if customer is not None else None
-    hook = settings.get("POST_EXTRACTION_HOOK")
-    logs = load_log_options(settings)
-    return PMPConfig(
-        base_url=base_url,
-        auth=auth,
-        accounts_url=accounts,
-        database_url=database_url_from_settings(settings),
-        page_limit=_integer("PMP_PAGE_LIMIT", settings.get("PMP_PAGE_LIMIT", 30), minimum=1),
-        batch_pages=_integer("PMP_BATCH_PAGES", settings.get("PMP_BATCH_PAGES", 50), minimum=0),
-        checkpoint_every=_integer("PMP_CHECKPOINT_EVERY", settings.get("PMP_CHECKPOINT_EVERY", 10), minimum=1),
-        coverage_target=coverage_target_from_settings(settings),
-        total_systems=total_systems_from_settings(settings),
-        token_refresh_ratio=_number("PMP_TOKEN_REFRESH_RATIO", settings.get("PMP_TOKEN_REFRESH_RATIO", 0.8), low=0.0, high=1.0, low_inclusive=False),
-        token_default_ttl=_number("PMP_TOKEN_DEFAULT_TTL", settings.get("PMP_TOKEN_DEFAULT_TTL", 56), low=0.0, low_inclusive=False),
-        max_attempts=_integer("PMP_MAX_ATTEMPTS", settings.get("PMP_MAX_ATTEMPTS", 3), minimum=1),
-        backoff_base=_number("PMP_BACKOFF_BASE", settings.get("PMP_BACKOFF_BASE", 1.0), low=0.0),
-        max_retry_after=_number("PMP_MAX_RETRY_AFTER", settings.get("PMP_MAX_RETRY_AFTER", 300), low=0.0),
-        download_delay=_number("DOWNLOAD_DELAY", settings.get("DOWNLOAD_DELAY", 0.25), low=0.0),
-        customer=customer,
-        reset=parse_flag("reset", settings.get("PMP_RESET", False)),
-        demo=demo,
-        post_extraction_hook=str(hook).strip() if hook else None,
-        hook_timeout=_number("PMP_HOOK_TIMEOUT", settings.get("PMP_HOOK_TIMEOUT", 300), low=0.0, low_inclusive=False),
-        sqlite_busy_timeout=_number("PMP_SQLITE_BUSY_TIMEOUT", settings.get("PMP_SQLITE_BUSY_TIMEOUT", 15), low=0.0),
-        log_format=logs.format,
-        progress=_choice("PMP_PROGRESS", settings.get("PMP_PROGRESS", "auto"), ("auto", "on", "off")),
-        log_rotate=logs.rotate,
-        log_backups=logs.backups,
-        slack_min_interval=_number("PMP_SLACK_MIN_INTERVAL", settings.get("PMP_SLACK_MIN_INTERVAL", 60), low=0.0),
-    )
+    parsed["accounts_url"] = accounts
+    return PMPConfig(**parsed)
 
 
 _configs: weakref.WeakKeyDictionary[Crawler, PMPConfig] = weakref.WeakKeyDictionary()

@@ -30,3 +30,13 @@ class StorageError(PMPError):
     """Raised by ``storage.store`` when the database cannot be opened, created or written
     (locked, read-only, unreachable). The run stops with exit code 1; nothing uncommitted is
     claimed by a checkpoint."""
+
+
+class NoDatabase(StorageError):
+    """Raised by ``storage.engine.open_engine`` (``create=False``) when the database file does
+    not exist: ``scrapy status`` and ``scrapy report`` never create one."""
+
+
+class SnapshotIdConflict(StorageError):
+    """Raised by ``storage.store`` when another job took the snapshot id being allocated; the
+    store allocates again."""

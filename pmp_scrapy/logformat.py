@@ -21,10 +21,10 @@ e.g. the Slack webhook) are masked in every line, whatever the format.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from logging.handlers import TimedRotatingFileHandler
 from typing import TYPE_CHECKING, Any
@@ -34,49 +34,35 @@ from pythonjsonlogger.json import JsonFormatter
 from scrapy.logformatter import LogFormatter
 
 from pmp_scrapy.config import load_log_options
-from pmp_scrapy.redaction import redact
+from pmp_scrapy.masking import MASK, mask_secrets, register_secret, scrub
+
+__all__ = ["MASK", "LoggingAddon", "PMPLogFormatter", "console", "install_log_handler", "mask_secrets",
+           "register_secret", "scrub", "set_log_context", "uninstall_log_handler"]
 
 if TYPE_CHECKING:
     from rich.console import Console
     from scrapy.settings import BaseSettings
 
-_context: dict[str, Any] = {}
-_secrets: set[str] = set()
-_handler: logging.Handler | None = None
-_announced = False
-_console: Console | None = None
-MASK = "[secret]"
 _OBJECT_EXTRAS = ("crawler", "spider")  # Scrapy passes these objects in ``extra``; never logged
+
+
+@dataclass
+class _LogState:
+    """What logging keeps for the process: the installed root handler, the run's context fields,
+    the shared console, and whether Scrapy's start-up lines were repeated."""
+
+    context: dict[str, Any] = field(default_factory=dict)
+    handler: logging.Handler | None = None
+    console: Console | None = None
+    announced: bool = False
+
+
+_state = _LogState()
 
 
 def set_log_context(**values: Any) -> None:
     """Fields added to every structured log record of this run (``snapshot_id``, ``customer``)."""
-    _context.update(values)
-
-
-def log_context() -> dict[str, Any]:
-    """The current run context."""
-    return dict(_context)
-
-
-def register_secret(value: str | None) -> None:
-    """Mask ``value`` (and its JSON-escaped form) in every log line from now on."""
-    if value and len(value) >= 6:
-        _secrets.add(value)
-        _secrets.add(json.dumps(value)[1:-1])
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with every registered secret replaced by ``[secret]`` (longest first)."""
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def scrub(text: str) -> str:
-    """Redaction and secret masking: what any text must go through before it is logged."""
-    return mask_secrets(redact(text))
+    _state.context.update(values)
 
 
 def _event_type(record: logging.LogRecord) -> str:
@@ -114,8 +100,8 @@ class JsonLogFormatter(JsonFormatter):
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
         log_data["event_type"] = getattr(record, "event_type", None) or _event_type(record)
-        log_data["snapshot_id"] = getattr(record, "snapshot_id", _context.get("snapshot_id"))
-        customer = getattr(record, "customer", _context.get("customer"))
+        log_data["snapshot_id"] = getattr(record, "snapshot_id", _state.context.get("snapshot_id"))
+        customer = getattr(record, "customer", _state.context.get("customer"))
         if customer:
             log_data["customer"] = customer
         log_data["message"] = record.message
@@ -185,12 +171,11 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def console() -> Console:
     """The process's rich console on stderr, shared by the console log handler and the progress
     bar so that log lines print above the bar."""
-    global _console  # noqa: PLW0603
-    if _console is None:
+    if _state.console is None:
         from rich.console import Console
 
-        _console = Console(stderr=True)
-    return _console
+        _state.console = Console(stderr=True)
+    return _state.console
 
 
 def build_handler(settings: BaseSettings) -> logging.Handler:
@@ -228,24 +213,20 @@ def build_handler(settings: BaseSettings) -> logging.Handler:
 
 def install_log_handler(settings: BaseSettings) -> logging.Handler:
     """Replace the previously installed root handler (ours or none) with :func:`build_handler`'s."""
-    global _handler  # noqa: PLW0603
     handler = build_handler(settings)
-    if _handler is not None:
-        logging.root.removeHandler(_handler)
-        _handler.close()
+    uninstall_log_handler()
     logging.root.setLevel(logging.NOTSET)
     logging.root.addHandler(handler)
-    _handler = handler
+    _state.handler = handler
     return handler
 
 
 def uninstall_log_handler() -> None:
     """Remove and close the handler :func:`install_log_handler` installed (tests, embedding)."""
-    global _handler  # noqa: PLW0603
-    if _handler is not None:
-        logging.root.removeHandler(_handler)
-        _handler.close()
-        _handler = None
+    if _state.handler is not None:
+        logging.root.removeHandler(_state.handler)
+        _state.handler.close()
+        _state.handler = None
 
 
 class LoggingAddon:
@@ -253,11 +234,10 @@ class LoggingAddon:
     Starts each crawl with an empty log context."""
 
     def update_settings(self, settings: BaseSettings) -> None:
-        global _announced  # noqa: PLW0603
-        _context.clear()
+        _state.context.clear()
         install_log_handler(settings)
-        if not _announced:
-            _announced = True
+        if not _state.announced:
+            _state.announced = True
             from scrapy.utils.log import log_scrapy_info
 
             log_scrapy_info(settings)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from scrapy.exceptions import DropItem
@@ -21,9 +20,11 @@ from scrapy.utils.asyncio import run_in_thread
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
 from pmp_scrapy.errors import StorageError
+from pmp_scrapy.extensions.checkpoint import Checkpoints
 from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
-from pmp_scrapy.storage import Batch, get_store
+from pmp_scrapy.storage import Batch, CheckpointResult
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
 
     from pmp_scrapy.plan import RunPlan
+    from pmp_scrapy.run import RunRecord
+    from pmp_scrapy.storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -41,18 +44,17 @@ class MappingPipeline:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = get_config(crawler)
-        self.store = get_store(crawler)
+        owner = crawler.get_extension(Checkpoints)
+        if owner is None:
+            raise RuntimeError("MappingPipeline needs the Checkpoints extension (it owns the store and the run)")
+        self.store: Store = owner.store
         self.stats = crawler.stats
         # Pages enter batches one at a time, in arrival order, and wait while a batch commits.
         self._admit = asyncio.Lock()
         self._batch: Batch | None = None
         self._pages: list[int] = []
         self._page_count = 0
-        self._managed_total: int | None = None
-        self._total_records: int | None = None
         self._failed = False
-        self._started = time.monotonic()
-        self._pages_seen = 0
         self._systems_seen = 0
         self._mappings_seen = 0
 
@@ -61,16 +63,20 @@ class MappingPipeline:
         return cls(crawler)
 
     @property
+    def run(self) -> RunRecord:
+        return get_run(self.crawler)
+
+    @property
     def plan(self) -> RunPlan:
-        plan = getattr(self.crawler.spider, "plan", None)
-        assert plan is not None, "the checkpoint extension sets the plan at spider_opened"
+        plan = self.run.plan
+        assert plan is not None, "the checkpoint extension plans the run at spider_opened"
         return plan
 
     async def process_item(self, item: Any) -> Any:
         if self._failed:
             raise DropItem("the database failed earlier in this run; nothing more is stored")
         if isinstance(item, InventoryTotal):
-            self._managed_total = item.managed_total
+            self.run.managed_total = item.managed_total
             await self._write(self.store.set_managed_total, item.snapshot_id, item.managed_total)
             return item
         if not isinstance(item, (PatchPage, PageGap)):
@@ -94,8 +100,8 @@ class MappingPipeline:
             rows = item.rows
             batch.add_mappings(rows.mappings)
             batch.systems.extend(rows.systems)
-            batch.total_pages = item.total_pages
-            batch.total_records = self._total_records = item.total_records
+            batch.total_pages = self.run.total_pages = item.total_pages
+            batch.total_records = self.run.total_records = item.total_records
             if item.retried_gap:
                 batch.healed_pages.append(item.page)
             else:
@@ -106,6 +112,8 @@ class MappingPipeline:
                     self.stats.inc_value(f"pmp/{key}", value)
             self._log_progress(item, len(rows.systems), len(rows.mappings))
         elif isinstance(item, PageGap):
+            self.run.pages_settled += 1
+            self.run.gaps_settled += 1
             batch.gaps.append({"page_num": item.page, "error_type": item.error_type,
                                "error_message": item.error_message, "response_sample": item.response_sample,
                                "attempts": item.attempts, "http_status": item.http_status})
@@ -123,10 +131,6 @@ class MappingPipeline:
             self._batch = Batch(snapshot_id=self.plan.snapshot_id, customer=self.config.customer_key)
         return self._batch
 
-    def _denominator(self) -> int | None:
-        return (self.config.total_systems or self._managed_total or self.plan.known_managed_total
-                or self._total_records)
-
     async def flush(self) -> None:
         """Commit the buffered pages and move the checkpoint, in one transaction. Callers hold
         the admission lock, so one commit runs at a time and no page joins a committing batch."""
@@ -138,7 +142,7 @@ class MappingPipeline:
         # The watermark moves only in this copy until the transaction has committed.
         candidate = watermark.peek(pages)
         batch.last_page = candidate if (pages or candidate) else None
-        batch.denominator = self._denominator()
+        batch.denominator = self.run.denominator()
         try:
             result = await run_in_thread(self.store.commit_batch, batch)
         except StorageError as exc:
@@ -147,18 +151,7 @@ class MappingPipeline:
             return
         for page in pages:
             watermark.mark(page)
-        healed = len(batch.healed_pages)
-        self.stats.inc_value("pmp/pages_committed", len(pages))
-        self.stats.inc_value("pmp/mappings_upserted", batch.mapping_count)
-        self.stats.inc_value("pmp/gaps_recorded", len(batch.gaps))
-        self.stats.inc_value("pmp/gaps_healed", healed)
-        self.stats.set_value("pmp/checkpoint_page", result.last_page)
-        self.stats.set_value("pmp/coverage", result.coverage)
-        self.stats.set_value("pmp/coverage_pct", result.coverage_pct)
-        self.stats.set_value("pmp/systems_extracted", result.systems_extracted)
-        self.stats.set_value("pmp/patches_extracted", result.patches_extracted)
-        if result.snapshot_complete:
-            self.stats.set_value("pmp/snapshot_complete", True)
+        self._record_commit(batch, pages, result)
         for page in batch.healed_pages:
             logger.info("gap on page %d healed", page, extra={"event_type": "gap_resolved", "page": page})
         logger.info(
@@ -172,6 +165,26 @@ class MappingPipeline:
         self.crawler.signals.send_catch_log(pmp_signals.batch_committed, result=result, pages=pages,
                                             gaps=batch.gaps)
 
+    def _record_commit(self, batch: Batch, pages: list[int], result: CheckpointResult) -> None:
+        """What a commit changed, in the run record (shared state) and in stats (the report)."""
+        run = self.run
+        run.pages_committed += len(pages)
+        run.mappings_upserted += batch.mapping_count
+        run.gaps_opened += len(batch.gaps)
+        run.gaps_resolved += len(batch.healed_pages)
+        run.checkpoint_page = result.last_page
+        run.coverage = result.coverage
+        run.systems_extracted = result.systems_extracted
+        run.patches_extracted = result.patches_extracted
+        run.snapshot_complete = run.snapshot_complete or result.snapshot_complete
+        for key, value in (("pages_committed", run.pages_committed), ("mappings_upserted", run.mappings_upserted),
+                           ("gaps_recorded", run.gaps_opened), ("gaps_healed", run.gaps_resolved),
+                           ("checkpoint_page", result.last_page), ("coverage", result.coverage),
+                           ("coverage_pct", result.coverage_pct), ("systems_extracted", result.systems_extracted),
+                           ("patches_extracted", result.patches_extracted),
+                           ("snapshot_complete", run.snapshot_complete)):
+            self.stats.set_value(f"pmp/{key}", value)
+
     async def _write(self, fn: Any, *args: Any) -> None:
         try:
             await run_in_thread(fn, *args)
@@ -180,21 +193,14 @@ class MappingPipeline:
             stop_run(self.crawler, "pmp_database_error", str(exc))
 
     def _log_progress(self, item: PatchPage, systems: int, mappings: int) -> None:
-        self._pages_seen += 1
+        run = self.run
+        run.pages_settled += 1
         self._systems_seen += systems
         self._mappings_seen += mappings
-        plan = self.plan
-        planned_last = item.total_pages if plan.batch_end is None else min(plan.batch_end, item.total_pages)
-        planned = max(planned_last - (plan.first_page or 1) + 1, 1) + len(plan.retry_pages)
-        done = self._pages_seen + int(self.stats.get_value("pmp/gaps_recorded", 0))
-        elapsed = time.monotonic() - self._started
-        eta = (elapsed / done) * max(planned - done, 0) / 60.0 if done else None
         logger.info(
             "page %d/%d: %d systems, %d mappings", item.page, item.total_pages, systems, mappings,
             extra={"event_type": "extraction_progress", "page": item.page, "total_pages": item.total_pages,
                    "systems_extracted": self._systems_seen, "patches_extracted": self._mappings_seen,
-                   "total_systems": self._denominator(),
-                   "progress_pct": round(min(100.0, 100.0 * done / planned), 1),
-                   "errors_total": sum(v for k, v in self.stats.get_stats().items() if k.startswith("pmp/gaps/")),
-                   "eta_minutes": round(eta, 1) if eta is not None else None},
+                   "total_systems": run.denominator(), "progress_pct": run.progress_pct(),
+                   "errors_total": run.gaps_settled, "eta_minutes": run.eta_minutes()},
         )

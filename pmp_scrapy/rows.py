@@ -10,9 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from pmp_scrapy.storage.schema import MAPPING_FIELDS
-
 logger = logging.getLogger(__name__)
+
+#: The fields of a ``patch_system_mapping`` row after its key, as the server names them.
+MAPPING_FIELDS: tuple[str, ...] = ("patchname", "severity", "patch_status", "bulletinid", "vendor_name",
+                                   "installed_time")
+#: The order of values in a :data:`MappingRow`.
+MAPPING_ROW_FIELDS: tuple[str, ...] = ("resource_id", "patch_id", *MAPPING_FIELDS)
 
 
 def as_text(value: Any) -> str | None:
@@ -30,7 +34,7 @@ def as_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-#: One ``patch_system_mapping`` row, values in ``schema.MAPPING_ROW_FIELDS`` order. A tuple,
+#: One ``patch_system_mapping`` row, values in :data:`MAPPING_ROW_FIELDS` order. A tuple,
 #: not a dict: pages waiting for the database hold thousands, and a tuple is a third the size.
 MappingRow = tuple[str | None, ...]
 

@@ -4,7 +4,7 @@ Secrets (client secret, refresh token, API key, Slack webhook) never live here."
 
 from scrapy.settings import default_settings as _scrapy_defaults
 
-from pmp_scrapy import footprint as _footprint
+from pmp_scrapy import config as _config, footprint as _footprint
 
 # The one piece of logic here: Scrapy imports this module before it walks its commands (which
 # imports itemadapter, and with it pydantic) and before anything is downloaded, and only a
@@ -18,37 +18,15 @@ COMMANDS_MODULE = "pmp_scrapy.commands"
 
 ADDONS = {
     "pmp_scrapy.config.EnvironmentAddon": 0,
+    "pmp_scrapy.demo.DemoAddon": 5,  # after the environment: a demo overrides PMP_BASE_URL and friends
     "pmp_scrapy.logformat.LoggingAddon": 10,  # after the environment: LOG_FILE may come from it
 }
 
-# --- the contract's settings -------------------------------------------------------------
-PMP_BASE_URL = None
-PMP_AUTH = "oauth"
-PMP_ACCOUNTS_URL = None
-PMP_DATABASE_URL = None  # None: sqlite:///~/.maia/databases/intelligence/pmp_config.db
-PMP_PAGE_LIMIT = 30
-PMP_BATCH_PAGES = 50
-PMP_CHECKPOINT_EVERY = 10
-PMP_COVERAGE_TARGET = 0.95
-PMP_TOTAL_SYSTEMS = None
-PMP_TOKEN_REFRESH_RATIO = 0.8
-PMP_TOKEN_DEFAULT_TTL = 56
-PMP_MAX_ATTEMPTS = 3
-PMP_BACKOFF_BASE = 1.0
-PMP_MAX_RETRY_AFTER = 300
-POST_EXTRACTION_HOOK = None
-PMP_HOOK_TIMEOUT = 300
-PMP_SQLITE_BUSY_TIMEOUT = 15
-PMP_CUSTOMER = None
-PMP_LOG_FORMAT = "auto"  # auto: console on a terminal, JSON otherwise
-PMP_PROGRESS = "auto"  # auto: a live bar only when stderr is a terminal
-PMP_LOG_ROTATE = "daily"  # LOG_FILE rotates at midnight UTC; "off" leaves rotation to logrotate
-PMP_LOG_BACKUPS = 14  # rotated log files kept
-PMP_SLACK_MIN_INTERVAL = 60  # seconds between Slack messages; what waits is coalesced
+# --- the project's settings: defaults from the one table in pmp_scrapy.config ----------------
+globals().update(_config.project_defaults())
 
 # --- politeness and resilience ---------------------------------------------------------------
 ROBOTSTXT_OBEY = False  # an authenticated JSON API, not a web site
-DOWNLOAD_DELAY = 0.25  # at most 4 page requests a second to the PMP host
 DOWNLOAD_DELAY_JITTER = 0  # exact spacing: the contract promises at most 4 requests a second
 # Memory, not speed, sets these (spec NFR-1: peak RSS under 100 MB): at most two page downloads
 # from PMP at a time (AutoThrottle aims at two anyway; they keep 4 pages/s while PMP answers
@@ -64,6 +42,7 @@ AUTOTHROTTLE_START_DELAY = 0.25
 AUTOTHROTTLE_MAX_DELAY = 30
 AUTOTHROTTLE_TARGET_CONCURRENCY = 2.0
 RETRY_ENABLED = True
+RETRY_HTTP_CODES = [429, *range(500, 600)]  # every 5xx; RETRY_TIMES comes from PMP_MAX_ATTEMPTS
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False  # an in-process code execution port; it could read tokens from memory
@@ -73,7 +52,8 @@ HTTPERROR_ALLOW_ALL = False
 DOWNLOADER_MIDDLEWARES = {
     "scrapy.downloadermiddlewares.retry.RetryMiddleware": None,
     "pmp_scrapy.middlewares.retry.BackoffRetryMiddleware": 550,
-    "pmp_scrapy.middlewares.auth.TokenMiddleware": 590,
+    "pmp_scrapy.middlewares.auth.TokenMiddleware": 590,  # PMP_AUTH=oauth
+    "pmp_scrapy.middlewares.apikey.ApiKeyMiddleware": 591,  # PMP_AUTH=apikey
 }
 
 ITEM_PIPELINES = {

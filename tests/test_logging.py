@@ -25,7 +25,7 @@ from conftest import (
     scrapy_command,
     scrapy_on_terminal,
 )
-from pmp_scrapy.extensions.progress import planned_pages, progress_wanted
+from pmp_scrapy.extensions.progress import progress_wanted
 from pmp_scrapy.logformat import install_log_handler, register_secret, set_log_context, uninstall_log_handler
 from pmp_scrapy.plan import RunPlan, Watermark
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
@@ -193,10 +193,11 @@ def test_progress_is_silent_off_a_terminal(db_path: Path) -> None:
 
 
 def test_planned_pages() -> None:
-    plan = RunPlan(snapshot_id=1, customer="", first_page=51, batch_end=100, retry_pages=[7, 9],
+    # RunPlan.planned_pages replaces progress.planned_pages (one computation for bar, log and Slack).
+    plan = RunPlan(snapshot_id=1, first_page=51, batch_end=100, retry_pages=[7, 9],
                    watermark=Watermark(50))
-    assert planned_pages(plan, None) == 52
-    assert planned_pages(plan, 80) == 32
-    assert planned_pages(RunPlan(snapshot_id=1, customer="", first_page=1, batch_end=None,
-                                 watermark=Watermark(0)), None) is None
-    assert planned_pages(None, 10) is None
+    assert plan.planned_pages(None) == 52
+    assert plan.planned_pages(80) == 32
+    assert RunPlan(snapshot_id=1, first_page=1, batch_end=None,
+                   watermark=Watermark(0)).planned_pages(None) is None
+    assert RunPlan(snapshot_id=1, first_page=None, batch_end=None, retry_pages=[4]).planned_pages(None) == 1

@@ -31,7 +31,8 @@ from pmp_scrapy.storage.schema import MAPPING_ROW_FIELDS
 # Read at import: the autouse clean_environment fixture removes PMP_* variables from each test.
 PG_ADMIN_URL = os.environ.get("PMP_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SEED_TABLES = {"patch_system_mapping", "dcapi_extraction_checkpoints", "dcapi_extraction_gaps"}
-OWN_TABLES = {"dcapi_snapshots", "dcapi_systems", "dcapi_gap_state", "dcapi_runs"}
+OWN_TABLES = {"dcapi_snapshots", "dcapi_systems", "dcapi_gap_state", "dcapi_runs", "dcapi_mapping_history",
+              "dcapi_mapping_events", "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_token_mints"}
 _pg_problem: list[str] = []  # cached reachability verdict: [] unknown, [""] fine, [reason] skip
 
 

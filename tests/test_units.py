@@ -16,13 +16,13 @@ from scrapy.settings import Settings
 from pmp_scrapy.config import apply_environment, apply_spider_arguments, derive_accounts_url, load_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
 from pmp_scrapy.errors import ConfigError
-from pmp_scrapy.middlewares.auth import token_lifetime
+from pmp_scrapy.zoho import token_lifetime
 from pmp_scrapy.middlewares.backoff import backoff_delay, parse_retry_after, retry_wait
 from pmp_scrapy.plan import Watermark
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
 from pmp_scrapy.storage import Batch
-from pmp_scrapy.storage.store import ordered_unique
+from pmp_scrapy.storage import ordered_unique
 
 BASE = {"PMP_BASE_URL": "https://patch.manageengine.com.au"}
 
@@ -62,7 +62,10 @@ def test_defaults_follow_the_contract() -> None:
     assert (cfg.page_limit, cfg.batch_pages, cfg.checkpoint_every) == (30, 50, 10)
     assert cfg.coverage_target == 0.95 and cfg.token_refresh_ratio == 0.8 and cfg.token_default_ttl == 56
     assert (cfg.max_attempts, cfg.backoff_base, cfg.max_retry_after) == (3, 1.0, 300)
-    assert cfg.download_delay == 0.25
+    # DOWNLOAD_DELAY is Scrapy's own setting; PMPConfig no longer copies it (nothing read the copy).
+    settings = Settings()
+    settings.setmodule("pmp_scrapy.settings")
+    assert settings.getfloat("DOWNLOAD_DELAY") == 0.25
     assert cfg.database_url.endswith("/.maia/databases/intelligence/pmp_config.db")
     assert cfg.token_url == "https://accounts.zoho.com.au/oauth/v2/token"
 

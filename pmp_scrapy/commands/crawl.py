@@ -1,6 +1,6 @@
 """``scrapy crawl``, replaced: validates the configuration first (a bad setting is one line and
 exit code 1, never a traceback), runs the crawl, prints a one-line result, and exits with the
-code the checkpoint extension decided (``pmp/exit_code``): 0 done, 1 fatal, 2 partial."""
+code the checkpoint extension decided (the run record's outcome): 0 done, 1 fatal, 2 partial."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from scrapy.exceptions import UsageError
 from pmp_scrapy.config import apply_environment, apply_spider_arguments, load_config
 from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
 from pmp_scrapy.errors import ConfigError
+from pmp_scrapy.run import find_run
 
 if TYPE_CHECKING:
     import argparse
@@ -65,12 +66,11 @@ class Command(ScrapyCrawlCommand):
         if self.crawler_process is not None and self.crawler_process.bootstrap_failed:
             fail("the crawl could not start (see the log above)")
             return 1
-        stats = crawler.stats.get_stats() if crawler._stats is not None else {}
-        code = stats.get("pmp/exit_code")
-        message = stats.get("pmp/exit_message")
-        if code is None:
+        run = find_run(crawler)
+        if run is None or run.outcome is None:
             fail("the run ended without a result (see the log)")
             return 1
+        code, message = run.outcome.exit_code, run.outcome.message
         stream = sys.stdout if code == 0 else sys.stderr
         print(f"pmp_scrapy: exit {code}: {message}", file=stream, flush=True)
-        return int(code)
+        return code

@@ -26,8 +26,8 @@ from pmp_scrapy.config import (
     database_url_from_settings,
     total_systems_from_settings,
 )
-from pmp_scrapy.errors import ConfigError, StorageError
-from pmp_scrapy.extensions.checkpoint import target_systems
+from pmp_scrapy.coverage import target_systems
+from pmp_scrapy.errors import ConfigError, NoDatabase, StorageError
 from pmp_scrapy.storage.engine import safe_url
 from pmp_scrapy.storage.status import CustomerStatus, NoExtractionData, read_status
 
@@ -146,10 +146,11 @@ class Command(ScrapyCommand):
         except NoExtractionData as exc:
             self._fail(opts, "no_data", f"{exc}; {HINT}")
             return
+        except NoDatabase as exc:
+            self._fail(opts, "no_database", f"{exc}; {HINT}")
+            return
         except (ConfigError, StorageError) as exc:
-            message = str(exc)
-            kind = "no_database" if message.startswith("no database at") else "error"
-            self._fail(opts, kind, f"{message}; {HINT}" if kind == "no_database" else message)
+            self._fail(opts, "error", str(exc))
             return
         reports = [summarise(s, target, total) for s in statuses]
         if opts.json:

@@ -1,34 +1,38 @@
-"""Checkpoints: plans each run from the database and decides how it ended.
+"""Checkpoints: owns the run record and the store; plans each run from the database and decides
+how it ended. The decisions themselves are pure functions (:mod:`pmp_scrapy.plan`,
+:mod:`pmp_scrapy.coverage`, :mod:`pmp_scrapy.outcome`); this extension wires them to signals.
 
-At ``spider_opened``: opens the database, reads coverage and stops the run before any request
-when the target is met (and no gap of the current snapshot is open); validates the checkpoint
-(a negative page, a page past the last one, or a checkpoint pointing at a snapshot that does
-not exist is logged and replaced by a new snapshot from page 1); starts a new snapshot on
-``reset=1`` or after a complete sweep; hands the spider its :class:`~pmp_scrapy.plan.RunPlan`.
+At ``spider_opened``: creates the :class:`~pmp_scrapy.run.RunRecord`, opens the database, reads
+coverage and stops the run before any request when the target is met (and no gap of the current
+snapshot is open); otherwise plans the run (a checkpoint that cannot be right is logged and
+replaced by a new snapshot from page 1; ``reset=1`` or a complete sweep starts a new snapshot).
 
-At ``spider_closed``: maps the close reason, the gaps and the coverage to the exit code
-(``pmp/exit_code``: 0 done, 1 fatal, 2 partial), explains a coverage that stalls below the
-target, records the run in ``dcapi_runs`` and sends ``run_finished`` with the run summary.
+At ``spider_closed``: decides the exit code (0 done, 1 fatal, 2 partial), records the run in
+``dcapi_runs`` (a failure to record turns a success into exit 1), closes the store, and sends
+``run_finished`` with the run summary, awaiting every handler (Slack, the hook).
 
-Reads ``PMP_COVERAGE_TARGET``, ``PMP_TOTAL_SYSTEMS``, ``PMP_BATCH_PAGES``, ``PMP_PAGE_LIMIT``.
+Reads ``PMP_COVERAGE_TARGET``, ``PMP_TOTAL_SYSTEMS``, ``PMP_BATCH_PAGES``, ``PMP_PAGE_LIMIT``,
+``PMP_RESET``. Writes ``dcapi_snapshots``, ``dcapi_runs``; stats ``pmp/exit_code``,
+``pmp/coverage``, ``pmp/denominator``, ``pmp/snapshot_id``, ``pmp/first_page`` (a report).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from scrapy import signals
 from scrapy.exceptions import CloseSpider
 
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
+from pmp_scrapy.coverage import target_met
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.logformat import set_log_context
-from pmp_scrapy.plan import RunPlan, Watermark
-from pmp_scrapy.runstop import FATAL_REASONS
-from pmp_scrapy.storage import RunState, get_store
+from pmp_scrapy.outcome import TARGET_MET_REASON, RunFacts, decide_outcome
+from pmp_scrapy.plan import RunPlan, RunState, decide, make_plan
+from pmp_scrapy.run import RunOwner, RunRecord
+from pmp_scrapy.storage import Store
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -39,26 +43,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def target_systems(target: float, denominator: int) -> int:
-    """Systems needed to meet ``target`` of ``denominator`` (95% of 3,317 is 3,152)."""
-    needed = target * denominator
-    whole = int(needed)
-    return whole if whole == needed else whole + 1
-
-
-class Checkpoints:
+class Checkpoints(RunOwner):
     """See the module docstring."""
 
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = get_config(crawler)
-        self.store = get_store(crawler)
+        self.store = Store(self.config.database_url, busy_timeout=self.config.sqlite_busy_timeout)
         self.stats = crawler.stats
-        self.plan: RunPlan | None = None
-        self.state: RunState | None = None
-        self.started_at = datetime.now(timezone.utc)
-        self.coverage_at_start: int | None = None
-        self.previous_coverage: int | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -69,186 +61,117 @@ class Checkpoints:
 
     # --- opening ------------------------------------------------------------------------------------
     def spider_opened(self, spider: Spider) -> None:
-        customer = self.config.customer_key
-        set_log_context(customer=self.config.customer)
+        config = self.config
+        run = self.run = RunRecord(customer=config.customer, target=config.coverage_target,
+                                   configured_total=config.total_systems)
+        set_log_context(customer=config.customer)
         try:
             self.store.open()
-            state = self.state = self.store.load_state(customer)
-            coverage = self.coverage_at_start = self.store.coverage(customer)
-            self.previous_coverage = self.store.previous_coverage(customer)
+            state = run.state = self.store.load_state(config.customer_key)
+            run.coverage = run.coverage_at_start = self.store.coverage(config.customer_key)
+            run.previous_coverage = self.store.previous_coverage(config.customer_key)
         except StorageError as exc:
             self._abort("pmp_database_error", str(exc))
-        self.stats.set_value("pmp/coverage", coverage)
-        denominator = self.config.total_systems or state.managed_total
-        if denominator:
-            self.stats.set_value("pmp/denominator", denominator)
+        self.stats.set_value("pmp/coverage", run.coverage)
+        total = run.denominator()
+        if total:
+            self.stats.set_value("pmp/denominator", total)
         open_gaps = state.open_gap_pages if state.snapshot_id is not None else []
-        if (not self.config.reset and denominator
-                and coverage >= target_systems(self.config.coverage_target, denominator) and not open_gaps):
-            pct = 100.0 * coverage / denominator
+        if not config.reset and not open_gaps and target_met(run.coverage, total, config.coverage_target):
+            assert total is not None
             self.stats.set_value("pmp/target_met", True)
-            self.stats.set_value("pmp/exit_code", 0)
             logger.info("coverage target already met: %d of %d systems (%.1f%%); nothing to do",
-                        coverage, denominator, pct,
-                        extra={"event_type": "target_met", "coverage": coverage, "total_systems": denominator,
-                               "coverage_pct": round(pct, 2), "snapshot_id": state.snapshot_id})
-            raise CloseSpider("pmp_target_met")
+                        run.coverage, total, 100.0 * run.coverage / total,
+                        extra={"event_type": "target_met", "coverage": run.coverage, "total_systems": total,
+                               "coverage_pct": run.coverage_pct(), "snapshot_id": state.snapshot_id})
+            raise CloseSpider(TARGET_MET_REASON)
         try:
-            self.plan = self._make_plan(state)
+            plan = run.plan = self._plan(state)
         except StorageError as exc:
             self._abort("pmp_database_error", str(exc))
-        spider.plan = self.plan  # type: ignore[attr-defined]
-        set_log_context(snapshot_id=self.plan.snapshot_id)
-        self.stats.set_value("pmp/snapshot_id", self.plan.snapshot_id)
-        self.stats.set_value("pmp/first_page", self.plan.first_page)
+        set_log_context(snapshot_id=plan.snapshot_id)
+        self.stats.set_value("pmp/snapshot_id", plan.snapshot_id)
+        self.stats.set_value("pmp/first_page", plan.first_page)
         logger.info(
-            "batch start: snapshot %d, %s, retrying %d open gap(s)", self.plan.snapshot_id,
-            f"pages {self.plan.first_page} to {self.plan.batch_end or 'the last page'}"
-            if self.plan.first_page is not None else "no new pages",
-            len(self.plan.retry_pages),
-            extra={"event_type": "batch_start", "snapshot_id": self.plan.snapshot_id,
-                   "first_page": self.plan.first_page, "batch_end": self.plan.batch_end,
-                   "retry_pages": self.plan.retry_pages, "new_snapshot": self.plan.new_snapshot,
-                   "coverage": coverage, "total_systems": denominator},
+            "batch start: snapshot %d, %s, retrying %d open gap(s)", plan.snapshot_id,
+            f"pages {plan.first_page} to {plan.batch_end or 'the last page'}"
+            if plan.first_page is not None else "no new pages",
+            len(plan.retry_pages),
+            extra={"event_type": "batch_start", "snapshot_id": plan.snapshot_id,
+                   "first_page": plan.first_page, "batch_end": plan.batch_end,
+                   "retry_pages": plan.retry_pages, "new_snapshot": plan.new_snapshot,
+                   "coverage": run.coverage, "total_systems": total},
         )
 
     def _abort(self, reason: str, message: str) -> None:
-        self.stats.set_value("pmp/abort_reason", reason)
-        self.stats.set_value("pmp/abort_message", message)
+        assert self.run is not None
+        self.run.abort(reason, message)
         logger.error("run aborted: %s", message, extra={"event_type": "run_aborted", "reason": reason})
         raise CloseSpider(reason)
 
-    def _make_plan(self, state: RunState) -> RunPlan:
-        config = self.config
-        customer = config.customer_key
-        reason = None
-        if config.reset:
-            reason = "reset requested"
-        elif state.orphan_checkpoint_snapshot is not None:
-            reason = f"the newest checkpoint points at snapshot {state.orphan_checkpoint_snapshot}, which does not exist"
-        elif state.snapshot_id is None:
-            reason = "first run"
-        elif state.last_page is not None and state.last_page < 0:
-            reason = f"the checkpoint of snapshot {state.snapshot_id} is at page {state.last_page}"
-        elif (state.last_page is not None and state.total_pages is not None
-              and state.last_page > state.total_pages):
-            reason = (f"the checkpoint of snapshot {state.snapshot_id} is at page {state.last_page}, "
-                      f"past the last page {state.total_pages}")
-        if reason is not None and reason not in ("first run", "reset requested"):
-            logger.warning("checkpoint cannot be right (%s); starting a new snapshot from page 1", reason,
-                           extra={"event_type": "checkpoint_invalid", "reason": reason})
-        if reason is None and state.snapshot_state != "running":
-            if state.open_gap_pages:
-                return self._plan(state.snapshot_id, None, state, retry=state.open_gap_pages)
-            reason = "the previous sweep is complete"
-        if reason is not None:
-            abandon = state.snapshot_id if state.snapshot_state == "running" else None
-            snapshot_id = self.store.start_snapshot(customer, config.page_limit, abandon=abandon)
+    def _plan(self, state: RunState) -> RunPlan:
+        decision = decide(state, reset=self.config.reset)
+        snapshot_id = state.snapshot_id
+        if decision.new_snapshot_reason is not None:
+            reason = decision.new_snapshot_reason
+            if decision.invalid_checkpoint:
+                logger.warning("checkpoint cannot be right (%s); starting a new snapshot from page 1", reason,
+                               extra={"event_type": "checkpoint_invalid", "reason": reason})
+            snapshot_id = self.store.start_snapshot(self.config.customer_key, self.config.page_limit,
+                                                    abandon=decision.abandon)
             logger.info("new snapshot %d (%s)", snapshot_id, reason,
                         extra={"event_type": "snapshot_started", "snapshot_id": snapshot_id, "reason": reason})
-            return self._plan(snapshot_id, 1, RunState(managed_total=state.managed_total), retry=[], new=True)
-        assert state.snapshot_id is not None
-        return self._plan(state.snapshot_id, (state.last_page or 0) + 1, state, retry=state.open_gap_pages)
-
-    def _plan(self, snapshot_id: int, first_page: int | None, state: RunState, *, retry: list[int],
-              new: bool = False) -> RunPlan:
-        batch = self.config.batch_pages
-        batch_end = first_page + batch - 1 if (first_page is not None and batch) else None
-        return RunPlan(
-            snapshot_id=snapshot_id, customer=self.config.customer_key, first_page=first_page,
-            batch_end=batch_end, retry_pages=list(retry), known_total_pages=state.total_pages,
-            known_managed_total=state.managed_total, new_snapshot=new,
-            watermark=Watermark((first_page or 1) - 1),
-        )
+        assert snapshot_id is not None
+        return make_plan(decision, state, snapshot_id, self.config.batch_pages)
 
     # --- closing -----------------------------------------------------------------------------------------
-    def spider_closed(self, spider: Spider, reason: str) -> None:
-        summary = self._summarise(reason)
-        self.stats.set_value("pmp/exit_code", summary["exit_code"])
-        self.stats.set_value("pmp/exit_message", summary["message"])
-        level = logging.INFO if summary["exit_code"] == 0 else logging.WARNING
-        if summary["exit_code"] == 1:
-            level = logging.ERROR
-        event = "target_met" if summary.get("target_met") else "batch_complete"
-        logger.log(level, "run finished (exit %d): %s", summary["exit_code"], summary["message"],
-                   extra={"event_type": event, **{k: v for k, v in summary.items() if k != "message"}})
-        self._record(summary, reason)
+    async def spider_closed(self, spider: Spider, reason: str) -> None:
+        run = self.run
+        if run is None:  # the run never opened (an error before spider_opened)
+            return
+        total = run.denominator()
+        run.outcome = decide_outcome(RunFacts(
+            close_reason=reason, abort_message=run.abort_message, gaps_open=run.gaps_opened,
+            gaps_resolved=run.gaps_resolved, pages_committed=run.pages_committed,
+            mappings_upserted=run.mappings_upserted, snapshot_complete=run.snapshot_complete,
+            coverage=run.coverage, total_systems=total, total_records=run.total_records,
+            target=self.config.coverage_target, target_met=run.target_met()))
+        self._warn_if_coverage_fell(reason)
+        self._record(reason)
+        outcome = run.outcome
+        summary = {"close_reason": reason, **run.summary()}
+        self.stats.set_value("pmp/exit_code", outcome.exit_code)
+        self.stats.set_value("pmp/exit_message", outcome.message)
+        level = {0: logging.INFO, 1: logging.ERROR}.get(outcome.exit_code, logging.WARNING)
+        logger.log(level, "run finished (exit %d): %s", outcome.exit_code, outcome.message,
+                   extra={"event_type": outcome.event, **{k: v for k, v in summary.items() if k != "message"}})
         self.store.close()
-        self.crawler.signals.send_catch_log(pmp_signals.run_finished, summary=summary)
+        await self.crawler.signals.send_catch_log_async(pmp_signals.run_finished, summary=summary)
 
-    def _summarise(self, reason: str) -> dict[str, Any]:
-        stats = self.stats
-        gaps_open = int(stats.get_value("pmp/gaps_recorded", 0))
-        coverage = int(stats.get_value("pmp/coverage", self.coverage_at_start or 0) or 0)
-        denominator = (self.config.total_systems or stats.get_value("pmp/managed_total")
-                       or (self.plan.known_managed_total if self.plan else None)
-                       or stats.get_value("pmp/total_records") or stats.get_value("pmp/denominator"))
-        summary: dict[str, Any] = {
-            "close_reason": reason,
-            "customer": self.config.customer,
-            "snapshot_id": self.plan.snapshot_id if self.plan else (self.state.snapshot_id if self.state else None),
-            "pages_committed": int(stats.get_value("pmp/pages_committed", 0)),
-            "mappings_upserted": int(stats.get_value("pmp/mappings_upserted", 0)),
-            "gaps_opened": gaps_open,
-            "gaps_resolved": int(stats.get_value("pmp/gaps_healed", 0)),
-            "checkpoint_page": stats.get_value("pmp/checkpoint_page"),
-            "total_pages": stats.get_value("pmp/total_pages") or (self.plan.known_total_pages if self.plan else None),
-            "coverage": coverage,
-            "total_systems": denominator,
-            "coverage_pct": round(100.0 * coverage / denominator, 2) if denominator else None,
-            "snapshot_complete": bool(stats.get_value("pmp/snapshot_complete", False)),
-            "started_at": self.started_at.isoformat(timespec="seconds"),
-        }
-        met = bool(denominator) and coverage >= target_systems(self.config.coverage_target, denominator)
-        summary["target_met"] = met
-        if reason == "pmp_target_met":
-            code, message = 0, f"coverage target already met ({coverage} of {denominator} systems)"
-        elif reason in FATAL_REASONS:
-            code, message = 1, str(stats.get_value("pmp/abort_message") or reason)
-        elif reason != "finished":
-            code, message = 2, f"the run was interrupted ({reason}); the next run resumes from the checkpoint"
-        elif gaps_open:
-            code, message = 2, (f"{gaps_open} page(s) ended as gaps; the next run of this snapshot retries them "
-                                "(see `scrapy status`)")
-        elif summary["snapshot_complete"] and not met and denominator:
-            code, message = 2, self._stall_explanation(coverage, denominator)
-        else:
-            code = 0
-            message = (f"batch done: {summary['pages_committed']} pages, {summary['mappings_upserted']} mappings; "
-                       f"coverage {coverage} of {denominator or '?'} systems"
-                       + (f" ({summary['coverage_pct']}%)" if summary["coverage_pct"] is not None else ""))
-        if self.previous_coverage is not None and coverage < self.previous_coverage and reason == "finished":
+    def _warn_if_coverage_fell(self, reason: str) -> None:
+        run = self.run
+        assert run is not None
+        if run.previous_coverage is not None and run.coverage < run.previous_coverage and reason == "finished":
             logger.warning("coverage fell from %d to %d systems since the previous run (systems removed in PMP?)",
-                           self.previous_coverage, coverage,
-                           extra={"event_type": "coverage_decreased", "previous": self.previous_coverage,
-                                  "coverage": coverage})
-        summary["exit_code"] = code
-        summary["message"] = message
-        return summary
+                           run.previous_coverage, run.coverage,
+                           extra={"event_type": "coverage_decreased", "previous": run.previous_coverage,
+                                  "coverage": run.coverage})
 
-    def _stall_explanation(self, coverage: int, denominator: int) -> str:
-        records = self.stats.get_value("pmp/total_records")
-        needed = target_systems(self.config.coverage_target, denominator)
-        text = (f"the sweep is complete but coverage is {coverage} of {denominator} managed systems "
-                f"({100.0 * coverage / denominator:.1f}%), below the target of {needed}")
-        if records is not None and records < denominator:
-            text += (f": DCAPI reports only {records} systems; {denominator - records} managed systems have "
-                     "no patch records in DCAPI, so no sweep can reach the target (lower PMP_COVERAGE_TARGET "
-                     "or set PMP_TOTAL_SYSTEMS to the systems you expect to have patch data)")
-        return text
-
-    def _record(self, summary: dict[str, Any], reason: str) -> None:
+    def _record(self, reason: str) -> None:
+        """Append the run to ``dcapi_runs``; a run that cannot be recorded is not a success."""
+        run = self.run
+        assert run is not None and run.outcome is not None
+        outcome = run.outcome
         try:
             self.store.record_run(
-                customer=self.config.customer_key, snapshot_id=summary["snapshot_id"],
-                started_at=self.started_at.replace(tzinfo=None), close_reason=reason,
-                exit_code=summary["exit_code"], pages_committed=summary["pages_committed"],
-                gaps_opened=summary["gaps_opened"], gaps_resolved=summary["gaps_resolved"],
-                mappings_upserted=summary["mappings_upserted"], systems_with_mappings=summary["coverage"],
-                coverage_pct=summary["coverage_pct"], message=summary["message"][:1000],
+                customer=self.config.customer_key, snapshot_id=run.snapshot_id,
+                started_at=run.started_at.replace(tzinfo=None), close_reason=reason,
+                exit_code=outcome.exit_code, pages_committed=run.pages_committed,
+                gaps_opened=run.gaps_opened, gaps_resolved=run.gaps_resolved,
+                mappings_upserted=run.mappings_upserted, systems_with_mappings=run.coverage,
+                coverage_pct=run.coverage_pct(), message=outcome.message[:1000],
             )
         except StorageError as exc:
             logger.error("could not record the run: %s", exc, extra={"event_type": "run_record_failed"})
-            if summary["exit_code"] == 0:
-                summary["exit_code"] = 1
-                summary["message"] = str(exc)
+            if outcome.exit_code == 0:
+                run.outcome = type(outcome)(1, str(exc), "batch_complete")

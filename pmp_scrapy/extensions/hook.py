@@ -12,9 +12,9 @@ It runs without blocking the reactor (an asyncio subprocess) and is killed, with
 group, after ``PMP_HOOK_TIMEOUT`` seconds. A failure, a non-zero exit or a timeout is logged
 (``hook_failed``) and never changes the run's exit code.
 
-Reads ``POST_EXTRACTION_HOOK``, ``PMP_HOOK_TIMEOUT``. Listens to ``run_finished`` and
-``spider_closed`` (whose handler waits for the hook, so the process does not exit under it).
-Writes stats ``pmp/hook_exit_code``, ``pmp/hook_failed``.
+Reads ``POST_EXTRACTION_HOOK``, ``PMP_HOOK_TIMEOUT``. Listens to ``run_finished``, whose handler
+returns when the hook has finished (the checkpoint extension awaits it, so the process does not
+exit under the hook). Writes stats ``pmp/hook_exit_code``, ``pmp/hook_failed``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from pmp_scrapy import signals as pmp_signals
@@ -58,8 +57,6 @@ class PostExtractionHook:
         self.crawler = crawler
         self.command = command
         self.timeout = timeout
-        self._task: asyncio.Future[None] | None = None
-        self._finished = asyncio.Event()
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -68,25 +65,15 @@ class PostExtractionHook:
             raise NotConfigured
         extension = cls(crawler, config.post_extraction_hook, config.hook_timeout)
         crawler.signals.connect(extension.run_finished, signal=pmp_signals.run_finished)
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
         return extension
 
-    def run_finished(self, summary: dict[str, Any]) -> None:
-        self._finished.set()
+    async def run_finished(self, summary: dict[str, Any]) -> None:
+        """Run the hook if the run committed data; return when it has finished."""
         if not committed_data(summary):
             logger.info("post-extraction hook skipped: the run committed no data",
                         extra={"event_type": "hook_skipped"})
             return
-        self._task = asyncio.ensure_future(self.run(summary))
-
-    async def spider_closed(self) -> None:
-        # run_finished is sent by another spider_closed handler; give it a moment to run first.
-        try:
-            await asyncio.wait_for(self._finished.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            return
-        if self._task is not None:
-            await self._task
+        await self.run(summary)
 
     async def run(self, summary: dict[str, Any]) -> None:
         """Run the command with ``summary`` on stdin; log, never raise."""

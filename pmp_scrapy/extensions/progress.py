@@ -20,14 +20,13 @@ from scrapy.exceptions import NotConfigured
 from pmp_scrapy.config import get_config
 from pmp_scrapy.items import PageGap, PatchPage
 from pmp_scrapy.logformat import console
+from pmp_scrapy.run import find_run
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
     from typing_extensions import Self
 
     from scrapy.crawler import Crawler
-
-    from pmp_scrapy.plan import RunPlan
 
 
 def progress_wanted(setting: str, *, stderr_tty: bool, environ: dict[str, str] | os._Environ[str]) -> bool:
@@ -39,20 +38,6 @@ def progress_wanted(setting: str, *, stderr_tty: bool, environ: dict[str, str] |
     return stderr_tty and "SCRAPY_JOB" not in environ
 
 
-def planned_pages(plan: RunPlan | None, total_pages: int | None) -> int | None:
-    """Pages this run will settle: its range of new pages plus the gaps it retries."""
-    if plan is None:
-        return None
-    pages = len(plan.retry_pages)
-    if plan.first_page is not None:
-        last = total_pages if plan.batch_end is None else (
-            plan.batch_end if total_pages is None else min(plan.batch_end, total_pages))
-        if last is None:
-            return None
-        pages += max(last - plan.first_page + 1, 0)
-    return pages
-
-
 class ProgressBar:
     """See the module docstring."""
 
@@ -60,7 +45,6 @@ class ProgressBar:
         self.crawler = crawler
         self.progress: Progress | None = None
         self.task: TaskID | None = None
-        self.total_pages: int | None = None
         self.done = 0
         self.mappings = 0
         self.errors = 0
@@ -76,37 +60,33 @@ class ProgressBar:
         crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
         return extension
 
-    @property
-    def plan(self) -> RunPlan | None:
-        return getattr(self.crawler.spider, "plan", None)
+    def _planned(self) -> int | None:
+        run = find_run(self.crawler)
+        return run.planned_pages() if run is not None else None
 
     def engine_started(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        plan = self.plan
-        self.total_pages = plan.known_total_pages if plan else None
         self.progress = Progress(
             TextColumn("[bold]pages"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[mappings]:,} mappings"), TextColumn("{task.fields[errors]} errors"),
             TextColumn("ETA"), TimeRemainingColumn(),
             console=console(), transient=False, refresh_per_second=4,
         )
-        self.task = self.progress.add_task("pages", total=planned_pages(plan, self.total_pages),
-                                           mappings=0, errors=0)
+        self.task = self.progress.add_task("pages", total=self._planned(), mappings=0, errors=0)
         self.progress.start()
 
     def item_scraped(self, item: Any) -> None:
         if self.progress is None or self.task is None:
             return
         if isinstance(item, PatchPage):
-            self.total_pages = item.total_pages
             self.mappings += len(item.rows.mappings)
         elif isinstance(item, PageGap):
             self.errors += 1
         else:
             return
         self.done += 1
-        self.progress.update(self.task, completed=self.done, total=planned_pages(self.plan, self.total_pages),
+        self.progress.update(self.task, completed=self.done, total=self._planned(),
                              mappings=self.mappings, errors=self.errors)
 
     def spider_closed(self) -> None:

@@ -16,12 +16,12 @@ and never block or stop extraction: every failure is a warning; a 404 or 410 mea
 is gone and disables Slack for the rest of the run. Once the engine is closing (the last batch
 commit, the run summary), ``download_async`` cannot be used: Scrapy 2.19 performs the download
 but then raises ``AlreadyCalledError`` from the closing engine slot, losing the response. Those
-last posts go to the engine's downloader directly (same middlewares, slot and timeout), and the
-``spider_closed`` handler waits for them.
+last posts go to the engine's downloader directly (same middlewares, slot and timeout). The
+``run_finished`` handler returns once the last message is sent (the checkpoint extension awaits it).
 
-Reads ``SLACK_WEBHOOK_URL``, ``PMP_SLACK_MIN_INTERVAL``, ``PMP_COVERAGE_TARGET``. Listens to
-``engine_started``, ``batch_committed``, ``run_finished``, ``spider_closed``. Writes stats
-``pmp/slack/sent``, ``pmp/slack/failed``, ``pmp/slack/disabled``.
+Reads ``SLACK_WEBHOOK_URL``, ``PMP_SLACK_MIN_INTERVAL`` and the run record. Listens to
+``engine_started``, ``batch_committed``, ``run_finished``. Writes stats ``pmp/slack/sent``,
+``pmp/slack/failed``, ``pmp/slack/disabled``.
 """
 
 from __future__ import annotations
@@ -41,16 +41,18 @@ from scrapy.utils.defer import maybe_deferred_to_future
 
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config, is_loopback_host
+from pmp_scrapy.coverage import target_systems
 from pmp_scrapy.credentials import resolve_secret
-from pmp_scrapy.extensions.checkpoint import target_systems
-from pmp_scrapy.extensions.progress import planned_pages
 from pmp_scrapy.logformat import register_secret, scrub
 from pmp_scrapy.middlewares import SIDE_REQUEST
+from pmp_scrapy.run import find_run, get_run
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from scrapy.crawler import Crawler
+
+    from pmp_scrapy.run import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +88,9 @@ class SlackNotifier:
         self._pending: list[str] = []
         self._last_sent: float | None = None
         self._sender: asyncio.Future[None] | None = None
-        self._finished = asyncio.Event()
-        self._started = time.monotonic()
+        self._finishing = False
         self._pct: float | None = None
         self._passed: set[int] = set()
-        self._pages_done = 0
         self._gap_pages: list[int] = []
 
     @classmethod
@@ -110,58 +110,54 @@ class SlackNotifier:
         crawler.signals.connect(extension.engine_started, signal=signals.engine_started)
         crawler.signals.connect(extension.batch_committed, signal=pmp_signals.batch_committed)
         crawler.signals.connect(extension.run_finished, signal=pmp_signals.run_finished)
-        crawler.signals.connect(extension.spider_closed, signal=signals.spider_closed)
         return extension
 
     # --- what is said -------------------------------------------------------------------------------
-    def _denominator(self) -> int | None:
-        stats = self.stats
-        return (self.config.total_systems or stats.get_value("pmp/managed_total")
-                or stats.get_value("pmp/denominator") or stats.get_value("pmp/total_records"))
+    @property
+    def run(self) -> RunRecord:
+        return get_run(self.crawler)
 
     def _block(self) -> str:
-        stats, denominator = self.stats, self._denominator()
-        coverage = int(stats.get_value("pmp/coverage", 0) or 0)
-        total_pages = stats.get_value("pmp/total_pages")
+        run = self.run
+        total = run.denominator()
         lines = ["*PMP DCAPI Extraction Progress*",
-                 f"• Page: {stats.get_value('pmp/checkpoint_page') or 0}/{total_pages or '?'}",
-                 f"• Systems: {coverage:,}/{denominator:,} ({100.0 * coverage / denominator:.1f}%)"
-                 if denominator else f"• Systems: {coverage:,}",
-                 f"• Patches: {int(stats.get_value('pmp/patches_extracted', 0) or 0):,}"]
+                 f"• Page: {run.checkpoint_page or 0}/{run.total_pages or '?'}",
+                 f"• Systems: {run.coverage:,}/{total:,} ({100.0 * run.coverage / total:.1f}%)"
+                 if total else f"• Systems: {run.coverage:,}",
+                 f"• Patches: {run.patches_extracted:,}"]
         errors = f"• Errors: {len(self._gap_pages)}"
         if self._gap_pages:
             shown = ", ".join(str(p) for p in self._gap_pages[:10])
             errors += f" (pages {shown}{', …' if len(self._gap_pages) > 10 else ''})"
         lines.append(errors)
-        planned = planned_pages(getattr(self.crawler.spider, "plan", None), total_pages)
-        if planned and self._pages_done:
-            rate = (time.monotonic() - self._started) / self._pages_done
-            lines.append(f"• ETA: {max(planned - self._pages_done, 0) * rate / 60:.0f} minutes")
+        eta = run.eta_minutes()
+        if eta is not None:
+            lines.append(f"• ETA: {eta:.0f} minutes")
         return "\n".join(lines)
 
     def engine_started(self) -> None:
-        plan = getattr(self.crawler.spider, "plan", None)
-        denominator = self._denominator()
-        coverage = int(self.stats.get_value("pmp/coverage", 0) or 0)
-        if denominator:
-            self._pct = 100.0 * coverage / denominator
+        run = find_run(self.crawler)
+        if run is None:
+            return
+        plan, total = run.plan, run.denominator()
+        if total:
+            self._pct = 100.0 * run.coverage / total
         text = "🔄 PMP DCAPI extraction started"
         if plan is not None:
             pages = (f"pages {plan.first_page}–{plan.batch_end or 'end'}" if plan.first_page is not None
                      else "retrying gaps only")
             text += f": snapshot {plan.snapshot_id}, {pages}"
-        if denominator:
-            text += (f" (target: {target_systems(self.config.coverage_target, denominator):,} of "
-                     f"{denominator:,} systems; now {coverage:,})")
+        if total:
+            text += (f" (target: {target_systems(self.config.coverage_target, total):,} of "
+                     f"{total:,} systems; now {run.coverage:,})")
         self._enqueue(text)
 
     def batch_committed(self, result: Any, pages: list[int], gaps: list[dict[str, Any]]) -> None:
-        self._pages_done += len(pages)
         for gap in gaps:
             self._gap_pages.append(gap["page_num"])
             cause = f"HTTP {gap['http_status']}, {gap['error_type']}" if gap.get("http_status") else gap["error_type"]
             self._enqueue(f"⚠️ Page {gap['page_num']} failed after {gap['attempts']} attempts ({cause})")
-        pct = result.coverage_pct if self._denominator() else None
+        pct = result.coverage_pct if self.run.denominator() else None
         if pct is None:
             return
         previous, self._pct = self._pct if self._pct is not None else 0.0, pct
@@ -172,33 +168,28 @@ class SlackNotifier:
             lines[-1] += f": {result.coverage:,} systems ({pct:.1f}%)"
             self._enqueue("\n".join(lines) + "\n" + self._block())
 
-    def run_finished(self, summary: dict[str, Any]) -> None:
-        self._finished.set()
-        if summary.get("close_reason") == "pmp_target_met":
-            return
+    async def run_finished(self, summary: dict[str, Any]) -> None:
+        """Say how the run ended, then wait until every queued message is sent."""
+        self._finishing = True
+        if summary.get("close_reason") != "pmp_target_met":
+            self._enqueue(self._final_text(summary))
+        if self._sender is not None and not self._sender.done():
+            await self._sender
+
+    def _final_text(self, summary: dict[str, Any]) -> str:
         code = summary.get("exit_code")
         total, coverage, pct = summary.get("total_systems"), summary.get("coverage") or 0, summary.get("coverage_pct")
         if code == 1:
-            self._enqueue(f"❌ PMP DCAPI extraction stopped: {summary.get('message')}")
-        elif summary.get("target_met"):
-            self._enqueue(f"🎉 Extraction complete: {coverage:,}/{total:,} systems ({pct:.1f}%)\n" + self._block())
-        else:
-            systems = int(self.stats.get_value("pmp/systems_extracted", 0) or 0)
-            cover = f"{pct:.1f}% total coverage, " if pct is not None else ""
-            text = (f"✅ Batch complete: {systems:,} systems extracted ({cover}"
-                    f"{int(self.stats.get_value('pmp/patches_extracted', 0) or 0):,} patches)\n" + self._block())
-            if code == 2:
-                text += f"\n⚠️ Partial: {summary.get('message')}"
-            self._enqueue(text)
-
-    async def spider_closed(self) -> None:
-        # run_finished comes from another spider_closed handler; wait for it, then for the sender.
-        try:
-            await asyncio.wait_for(self._finished.wait(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
-        if self._sender is not None and not self._sender.done():
-            await self._sender
+            return f"❌ PMP DCAPI extraction stopped: {summary.get('message')}"
+        if summary.get("target_met"):
+            return f"🎉 Extraction complete: {coverage:,}/{total:,} systems ({pct:.1f}%)\n" + self._block()
+        run = self.run
+        cover = f"{pct:.1f}% total coverage, " if pct is not None else ""
+        text = (f"✅ Batch complete: {run.systems_extracted:,} systems extracted ({cover}"
+                f"{run.patches_extracted:,} patches)\n" + self._block())
+        if code == 2:
+            text += f"\n⚠️ Partial: {summary.get('message')}"
+        return text
 
     # --- how it is sent --------------------------------------------------------------------------------
     def _enqueue(self, text: str) -> None:
@@ -213,7 +204,7 @@ class SlackNotifier:
             if self._last_sent is not None:
                 wait = self.interval - (time.monotonic() - self._last_sent)
                 if wait > 0:
-                    if self._finished.is_set():
+                    if self._finishing:
                         logger.info("waiting %.0f s to send the last Slack message (PMP_SLACK_MIN_INTERVAL)", wait,
                                     extra={"event_type": "slack_wait", "wait_s": round(wait, 1)})
                     await sleep(wait)

@@ -1,39 +1,39 @@
-"""Token middleware: injects ``Authorization`` on every PMP request and owns the token state.
+"""TokenMiddleware: injects ``Authorization: Zoho-oauthtoken …`` on every PMP request (cloud,
+``PMP_AUTH=oauth``) and owns the token state.
 
-OAuth (cloud): a fresh token at the start of the run; a proactive refresh once the token is
-older than ``PMP_TOKEN_REFRESH_RATIO`` of its lifetime (``expires_in``, else
-``PMP_TOKEN_DEFAULT_TTL``); a refresh and an immediate retry on 401 that does not spend one of
-the page's attempts. Requests in flight share one refresh. Zoho allows 10 new tokens per refresh
-token in 10 minutes: past that budget the middleware waits instead of being locked out. The
-token call goes through Scrapy's engine with the credentials in the POST body.
+A fresh token at the start of the run; a proactive refresh once the token is older than
+``PMP_TOKEN_REFRESH_RATIO`` of its lifetime (``expires_in``, else ``PMP_TOKEN_DEFAULT_TTL``); a
+refresh and an immediate retry on 401 that does not spend one of the page's attempts. Requests
+in flight share one refresh. Zoho allows 10 new tokens per refresh token in 10 minutes: past
+that budget the middleware waits instead of being locked out. The token call goes through
+Scrapy's engine (:mod:`pmp_scrapy.zoho` builds and reads it) with the credentials in the body.
 
-API key (on-premises): the bare key as the header; a 401 ends the run.
-
-Stops the run (exit 1) on three consecutive 401s or a token endpoint that keeps failing.
-Writes ``pmp/token_refresh/<reason>``, ``pmp/unauthorized`` and ``pmp/abort_*`` stats.
+Stops the run (exit 1) on three consecutive 401s despite fresh tokens, or a token endpoint that
+keeps failing. Reads ``PMP_TOKEN_REFRESH_RATIO``, ``PMP_TOKEN_DEFAULT_TTL``, ``PMP_BACKOFF_BASE``
+and the OAuth secrets. Listens to ``spider_closed``. Writes ``pmp/token_refresh/<reason>``,
+``pmp/unauthorized`` and ``pmp/token_budget_waits`` stats.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest
-from scrapy.http import FormRequest
-from scrapy.http.request import NO_CALLBACK
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.asyncio import sleep
 
 from pmp_scrapy.config import get_config
 from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
 from pmp_scrapy.errors import TokenRefreshError
+from pmp_scrapy.logformat import register_secret
 from pmp_scrapy.middlewares import SIDE_REQUEST
-from pmp_scrapy.middlewares.backoff import backoff_delay
+from pmp_scrapy.middlewares.backoff import retry_wait
 from pmp_scrapy.runstop import stop_run
+from pmp_scrapy.zoho import TOKEN_BUDGET, TokenBudget, parse_token_response, token_lifetime, token_request
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -44,29 +44,13 @@ if TYPE_CHECKING:
 
     from pmp_scrapy.config import PMPConfig
 
+__all__ = ["TokenMiddleware", "token_lifetime"]
+
 logger = logging.getLogger(__name__)
 
-TOKEN_BUDGET = 10  # Zoho: access tokens per refresh token
-TOKEN_BUDGET_WINDOW = 600.0  # … per 10 minutes
 TOKEN_TRIES = 3
 MAX_CONSECUTIVE_401 = 3
 MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
-
-
-def token_lifetime(payload: dict[str, Any], default: float) -> float:
-    """Seconds a token lives: ``expires_in_sec``, else ``expires_in`` (milliseconds in older
-    Zoho services, recognisable by their size), else ``default``."""
-    for key in ("expires_in_sec", "expires_in"):
-        try:
-            value = float(payload[key])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if value <= 0:
-            continue
-        if key == "expires_in" and value > 100_000:
-            value /= 1000.0
-        return value
-    return default
 
 
 class TokenMiddleware:
@@ -82,7 +66,7 @@ class TokenMiddleware:
         self._generation = 0
         self._stale_reason: str | None = None
         self._refreshing: asyncio.Future[None] | None = None
-        self._mints: deque[float] = deque()
+        self._budget = TokenBudget()
         self._failed_generations: set[int] = set()
         self._consecutive_401 = 0
         self._stopped = False
@@ -90,16 +74,11 @@ class TokenMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         config = get_config(crawler)
-        if config.auth == "apikey":
-            secrets = require_secrets(("PMP_API_KEY",), crawler.settings)
-        elif config.demo:
-            from pmp_scrapy.simulator import DEMO_CREDENTIALS
-
-            secrets = {"PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"],
-                       "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
-                       "PMP_REFRESH_TOKEN": DEMO_CREDENTIALS["refresh_token"]}
-        else:
-            secrets = require_secrets(OAUTH_NAMES, crawler.settings)
+        if config.auth != "oauth":
+            raise NotConfigured("PMP_AUTH is apikey: ApiKeyMiddleware authenticates")
+        secrets = require_secrets(OAUTH_NAMES, crawler.settings)
+        for value in secrets.values():
+            register_secret(value)  # masked by value in every log line, whatever its shape
         middleware = cls(crawler, config, secrets)
         crawler.signals.connect(middleware._closed, signal=signals.spider_closed)
         return middleware
@@ -110,20 +89,18 @@ class TokenMiddleware:
     # --- page requests -------------------------------------------------------------------------------
     async def process_request(self, request: Request) -> None:
         if request.meta.get(SIDE_REQUEST):
-            return None
+            return
         if self._stopped:
             raise IgnoreRequest("the run is stopping: authentication failed")
-        if self.config.auth == "apikey":
-            request.headers["Authorization"] = self._secrets["PMP_API_KEY"]
-            return None
         try:
             token = await self._current_token()
         except TokenRefreshError as exc:
             self._stop("pmp_token_refresh_failed", str(exc), cause=exc.cause)
             raise IgnoreRequest(str(exc)) from None
+        if self._stopped:  # the run stopped while this request waited for a token
+            raise IgnoreRequest("the run is stopping: authentication failed")
         request.headers["Authorization"] = f"Zoho-oauthtoken {token}"
         request.meta["pmp_token_generation"] = self._generation
-        return None
 
     def process_response(self, request: Request, response: Response) -> Request | Response:
         if request.meta.get(SIDE_REQUEST):
@@ -133,9 +110,8 @@ class TokenMiddleware:
                 self._consecutive_401 = 0
             return response
         self.crawler.stats.inc_value("pmp/unauthorized")
-        if self.config.auth == "apikey":
-            self._stop("pmp_auth_failed", "the PMP server refused the API key (HTTP 401): check PMP_API_KEY")
-            raise IgnoreRequest("API key refused")
+        if self._stopped:
+            raise IgnoreRequest("the run is stopping: authentication failed")
         generation = request.meta.get("pmp_token_generation")
         page_401s = int(request.meta.get("pmp_401_count", 0))
         if generation != self._generation:
@@ -149,20 +125,24 @@ class TokenMiddleware:
             if generation not in self._failed_generations:
                 self._failed_generations.add(generation)
                 self._consecutive_401 += 1
-                self._stale_reason = "unauthorized"
-        if self._consecutive_401 >= MAX_CONSECUTIVE_401 or page_401s >= MAX_CONSECUTIVE_401:
-            logger.critical(
-                "%d consecutive 401 responses despite fresh tokens: the OAuth client or its scope is "
-                "wrong; stopping the run", MAX_CONSECUTIVE_401,
-                extra={"event_type": "run_aborted", "reason": "consecutive_401", "page": request.meta.get("pmp_page")},
-            )
-            self._stop("pmp_auth_failed", f"{MAX_CONSECUTIVE_401} consecutive 401 responses from PMP despite "
-                       "fresh tokens: check the OAuth client, its scope (PatchManagerPlusCloud.PatchMgmt.READ) and the data centre")
-            raise IgnoreRequest("repeated 401")
+            if self._consecutive_401 >= MAX_CONSECUTIVE_401 or page_401s >= MAX_CONSECUTIVE_401:
+                self._give_up_on_401(request)
+            self._stale_reason = "unauthorized"
         retry = request.copy()
         retry.meta["pmp_401_count"] = page_401s
         retry.dont_filter = True
         return retry  # same page, at once, same attempt count
+
+    def _give_up_on_401(self, request: Request) -> None:
+        logger.critical(
+            "%d consecutive 401 responses despite fresh tokens: the OAuth client or its scope is "
+            "wrong; stopping the run", MAX_CONSECUTIVE_401,
+            extra={"event_type": "run_aborted", "reason": "consecutive_401", "page": request.meta.get("pmp_page")},
+        )
+        self._stop("pmp_auth_failed", f"{MAX_CONSECUTIVE_401} consecutive 401 responses from PMP despite "
+                   "fresh tokens: check the OAuth client, its scope (PatchManagerPlusCloud.PatchMgmt.READ) "
+                   "and the data centre")
+        raise IgnoreRequest("repeated 401")
 
     # --- tokens ---------------------------------------------------------------------------------------
     def _expired(self) -> bool:
@@ -181,7 +161,7 @@ class TokenMiddleware:
     def _queue_wait(self) -> float:
         """How long a request handed to the downloader now may wait for its slot: the token is
         attached here, not when the request leaves, so its age at sending is later than now.
-        Capped so that a long AutoThrottle delay cannot make every request mint a token."""
+        Capped so that a long slot delay cannot make every request mint a token."""
         downloader = getattr(self.crawler.engine, "downloader", None)
         if downloader is None:
             return 0.0
@@ -196,6 +176,8 @@ class TokenMiddleware:
                 reason = self._refresh_reason()
                 if reason is None and self._token is not None:
                     return self._token
+                if self._stopped:
+                    raise IgnoreRequest("the run is stopping: authentication failed")
                 refreshing = self._refreshing = asyncio.ensure_future(self._refresh_once(reason or "run_start"))
             # shield: a cancelled page request must not cancel the refresh the others wait for
             await asyncio.shield(refreshing)
@@ -210,11 +192,8 @@ class TokenMiddleware:
             self._refreshing = None
 
     async def _respect_budget(self) -> None:
-        now = time.monotonic()
-        while self._mints and now - self._mints[0] >= TOKEN_BUDGET_WINDOW:
-            self._mints.popleft()
-        if len(self._mints) >= TOKEN_BUDGET:
-            wait = TOKEN_BUDGET_WINDOW - (now - self._mints[0]) + 0.5
+        wait = self._budget.wait_before_next(time.monotonic())
+        if wait > 0:
             logger.warning("Zoho allows %d tokens per 10 minutes and this run has used them; waiting %.0f s "
                            "rather than be locked out", TOKEN_BUDGET, wait,
                            extra={"event_type": "token_budget_wait", "wait_s": round(wait, 1)})
@@ -234,10 +213,12 @@ class TokenMiddleware:
                                extra={"event_type": "token_refresh", "reason": reason, "success": False,
                                       "token_age_s": age, "attempt": attempt, "cause": exc.cause})
                 if attempt < TOKEN_TRIES:
-                    await sleep(backoff_delay(self.config.backoff_base, attempt))
+                    await sleep(retry_wait(None, None, attempt=attempt, base=self.config.backoff_base,
+                                           cap=self.config.max_retry_after))
                 continue
-            self._mints.append(time.monotonic())
+            self._budget.minted(time.monotonic())
             self._token = str(payload["access_token"])
+            register_secret(self._token)
             self._obtained_at = time.monotonic()
             self._lifetime = token_lifetime(payload, self.config.token_default_ttl)
             self._generation += 1
@@ -254,46 +235,15 @@ class TokenMiddleware:
         raise error
 
     async def _request_token(self) -> dict[str, Any]:
-        request = FormRequest(
-            self.config.token_url,
-            formdata={
-                "grant_type": "refresh_token",
-                "client_id": self._secrets["PMP_CLIENT_ID"],
-                "client_secret": self._secrets["PMP_CLIENT_SECRET"],
-                "refresh_token": self._secrets["PMP_REFRESH_TOKEN"],
-            },
-            callback=NO_CALLBACK,
-            dont_filter=True,
-            meta={SIDE_REQUEST: True, "dont_retry": True, "handle_httpstatus_all": True,
-                  "download_slot": "pmp-accounts"},
-        )
+        request = token_request(self.config.token_url, self._secrets["PMP_CLIENT_ID"],
+                                self._secrets["PMP_CLIENT_SECRET"], self._secrets["PMP_REFRESH_TOKEN"])
+        host = urlsplit(self.config.token_url).netloc
         try:
             response = await self.crawler.engine.download_async(request)
         except Exception as exc:  # noqa: BLE001 - any transport failure means unreachable
-            raise TokenRefreshError(f"the Zoho accounts server is unreachable ({type(exc).__name__})",
+            raise TokenRefreshError(f"the Zoho accounts server {host} is unreachable ({type(exc).__name__})",
                                     "unreachable") from None
-        if response.status != 200:
-            raise TokenRefreshError(f"the Zoho accounts server answered HTTP {response.status}", "unreachable")
-        try:
-            payload = json.loads(response.body)
-        except ValueError:
-            raise TokenRefreshError("the Zoho accounts server answered with something that is not JSON",
-                                    "bad_response") from None
-        if not isinstance(payload, dict):
-            raise TokenRefreshError("the Zoho accounts server answered with unexpected JSON", "bad_response")
-        error = payload.get("error")
-        if error:
-            text = str(error)
-            if text.lower() == "access denied":
-                raise TokenRefreshError("Zoho refused a new token: Access Denied (too many tokens for this "
-                                        "refresh token; Zoho allows 10 per 10 minutes)", "throttled")
-            if text.lower() in ("invalid_code", "invalid_client", "invalid_client_secret", "invalid_grant"):
-                raise TokenRefreshError(f"Zoho rejected the credentials ({text}): check PMP_CLIENT_ID, "
-                                        "PMP_CLIENT_SECRET and PMP_REFRESH_TOKEN", "bad_credentials")
-            raise TokenRefreshError(f"Zoho refused a new token ({text[:80]})", "bad_response")
-        if not payload.get("access_token"):
-            raise TokenRefreshError("the token response has no access_token", "bad_response")
-        return payload
+        return parse_token_response(response.status, response.body, host)
 
     def _stop(self, reason: str, message: str, **fields: Any) -> None:
         if self._stopped:

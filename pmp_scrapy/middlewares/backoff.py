@@ -1,4 +1,5 @@
-"""Backoff and Retry-After arithmetic (pure functions, no Scrapy)."""
+"""Backoff and Retry-After arithmetic (pure functions, no Scrapy). Every wait between attempts,
+of pages and of token calls, comes from :func:`retry_wait`."""
 
 from __future__ import annotations
 
@@ -34,16 +35,16 @@ def parse_retry_after(value: bytes | str | None, now: datetime | None = None) ->
             when = when.replace(tzinfo=timezone.utc)
         now = now or datetime.now(timezone.utc)
         seconds = (when - now).total_seconds()
-    if seconds != seconds:  # NaN
+    if seconds != seconds or seconds == float("inf"):  # NaN, infinity
         return None
     return max(seconds, 0.0)
 
 
 def retry_wait(status: int | None, retry_after: bytes | str | None, *, attempt: int, base: float,
                cap: float, now: datetime | None = None) -> float:
-    """The wait before the next attempt: a 429's Retry-After (capped), else exponential backoff."""
-    if status == 429:
-        seconds = parse_retry_after(retry_after, now)
-        if seconds is not None:
-            return min(seconds, cap)
-    return min(backoff_delay(base, attempt), cap) if cap > 0 else backoff_delay(base, attempt)
+    """The wait before the next attempt: a 429's Retry-After, else exponential backoff; never
+    more than ``cap`` (``PMP_MAX_RETRY_AFTER``), for HTTP and exception retries alike."""
+    seconds = parse_retry_after(retry_after, now) if status == 429 else None
+    if seconds is None:
+        seconds = backoff_delay(base, attempt)
+    return min(seconds, max(cap, 0.0))

@@ -1,10 +1,12 @@
 """Scrapy's RetryMiddleware, extended with exponential backoff and ``Retry-After``.
 
-Reads ``PMP_MAX_ATTEMPTS``, ``PMP_BACKOFF_BASE`` and ``PMP_MAX_RETRY_AFTER``. Retries 429, every
-5xx, timeouts and connection errors; waits without blocking the reactor (other pages keep
-flowing while one waits). When attempts run out, the last response (or exception) goes on to
-the spider, which records the page as a gap. Writes Scrapy's ``retry/*`` stats and
-``pmp/retry_wait_seconds``.
+What is retried and how often are Scrapy's own settings: ``RETRY_HTTP_CODES`` (429 and every 5xx,
+in ``settings.py``), ``RETRY_TIMES`` (``PMP_MAX_ATTEMPTS`` - 1, set by the environment add-on) and
+``RETRY_EXCEPTIONS`` (timeouts, connection errors). This subclass decides *when*: each wait comes
+from :func:`~pmp_scrapy.middlewares.backoff.retry_wait` (``PMP_BACKOFF_BASE``, ``PMP_MAX_RETRY_AFTER``),
+without blocking the reactor (other pages keep flowing while one waits). When attempts run out,
+the last response (or exception) goes on to the spider, which records the page as a gap.
+Writes Scrapy's ``retry/*`` stats and ``pmp/retry_wait_seconds``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from scrapy.utils.asyncio import sleep
 
 from pmp_scrapy.config import get_config
 from pmp_scrapy.middlewares import SIDE_REQUEST
-from pmp_scrapy.middlewares.backoff import backoff_delay, retry_wait
+from pmp_scrapy.middlewares.backoff import retry_wait
 from pmp_scrapy.redaction import response_sample
 
 if TYPE_CHECKING:
@@ -29,19 +31,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({429, *range(500, 600)})
-
 
 class BackoffRetryMiddleware(RetryMiddleware):
     """Classified retries with backoff; see the module docstring."""
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        middleware = cls(crawler.settings)
-        middleware.crawler = crawler
+        middleware = super().from_crawler(crawler)
         config = get_config(crawler)
-        middleware.max_retry_times = config.max_attempts - 1
-        middleware.retry_http_codes = set(RETRY_STATUSES)
         middleware.backoff_base = config.backoff_base
         middleware.max_retry_after = config.max_retry_after
         return middleware
@@ -71,7 +68,7 @@ class BackoffRetryMiddleware(RetryMiddleware):
         retry = self._retry(request, exception)
         if retry is None:
             return None
-        wait = backoff_delay(self.backoff_base, attempt)
+        wait = retry_wait(None, None, attempt=attempt, base=self.backoff_base, cap=self.max_retry_after)
         self._log_attempt(request, attempt, wait, http_status=None,
                           error_message=type(exception).__name__, response_sample=None)
         await self._wait(wait)

@@ -1,7 +1,7 @@
 """The ``dcapi_patches`` spider: plans page requests from the run plan and turns each DCAPI
 answer into a :class:`PatchPage` or, after the last attempt, a :class:`PageGap`.
 
-It knows nothing of the database: the checkpoint extension sets ``self.plan`` at
+It knows nothing of the database: it follows the run plan the checkpoint extension makes at
 ``spider_opened``; the pipeline stores what it yields.
 """
 
@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import scrapy
-from scrapy import signals
 from scrapy.exceptions import DownloadTimeoutError, IgnoreRequest
 from twisted.internet.error import TCPTimedOutError, TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
-from pmp_scrapy.config import apply_spider_arguments, get_config, parse_flag
+from pmp_scrapy.config import apply_spider_arguments, get_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
 from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
+from pmp_scrapy.run import find_run
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -64,27 +64,21 @@ class DcapiPatchesSpider(scrapy.Spider):
 
     name = "dcapi_patches"
     MAX_PROBES = 3
-    plan: RunPlan | None = None
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         apply_spider_arguments(crawler.settings, kwargs)
-        spider = super().from_crawler(crawler, *args)
-        spider.simulator = None
-        if parse_flag("demo", crawler.settings.get("PMP_DEMO", False)):
-            from pmp_scrapy.demo import start_demo
-
-            spider.simulator = start_demo(crawler.settings)
-            crawler.signals.connect(spider._stop_simulator, signal=signals.spider_closed)
-        return spider
-
-    def _stop_simulator(self) -> None:
-        if self.simulator is not None:
-            self.simulator.stop()
+        return super().from_crawler(crawler, *args)
 
     @property
     def config(self) -> PMPConfig:
         return get_config(self.crawler)
+
+    @property
+    def plan(self) -> RunPlan | None:
+        """This run's plan, set by the checkpoint extension at ``spider_opened``."""
+        run = find_run(self.crawler)
+        return run.plan if run is not None else None
 
     # --- requests --------------------------------------------------------------------------------
     def _url(self, path: str, params: dict[str, Any]) -> str:

@@ -24,6 +24,10 @@ from sqlalchemy import (
     text,
 )
 
+from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS  # the column order lives with the rows
+
+__all__ = ["MAPPING_FIELDS", "MAPPING_ROW_FIELDS", "metadata"]
+
 metadata = MetaData()
 _now = text("CURRENT_TIMESTAMP")
 
@@ -244,19 +248,6 @@ token_mints = Table(
     sqlite_autoincrement=True,
 )
 Index("idx_dcapi_token_mints_client", token_mints.c.client_key, token_mints.c.minted_at)
-
-MAPPING_FIELDS: tuple[str, ...] = (
-    "patchname",
-    "severity",
-    "patch_status",
-    "bulletinid",
-    "vendor_name",
-    "installed_time",
-)
-
-#: The order of values in a mapping row tuple (``rows.MappingRow``).
-MAPPING_ROW_FIELDS: tuple[str, ...] = ("resource_id", "patch_id", *MAPPING_FIELDS)
-
 
 SEED_TABLES = frozenset({patch_system_mapping.name, checkpoints.name, gaps.name})
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from .replies import (
     ACCESS_DENIED,
+    HTML_TYPE,
     TEXT_TYPE,
     TOO_MANY_REQUESTS,
     UNAUTHORIZED,
     Reply,
-    html_reply,
+    error_html,
     json_reply,
     status_error_reply,
 )
@@ -119,9 +120,7 @@ class Fault:
         if kind == "invalid_code":
             return json_reply(200, {"error": "invalid_code"})
         if kind == "html_200":
-            r = html_reply(500)
-            r.status = 200
-            return r
+            return Reply(200, error_html(500), HTML_TYPE)
         if kind == "empty_200":
             return Reply(200, b"", TEXT_TYPE)
         if kind == "drop":

@@ -109,7 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = 0
         body = self.rfile.read(length) if length > 0 else b""
-        reused, self.served = self.served > 0, self.served + 1
+        reused = self.served > 0
+        self.served += 1
         sim = self.server.sim
         if split.path.startswith("/_sim/"):
             self._write(sim.control(method, split.path, body))

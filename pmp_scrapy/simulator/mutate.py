@@ -10,31 +10,36 @@ from .mutations import Mutation, PatchChurn, StatusFlip, SystemsChange
 
 
 def apply_mutation(ds: Dataset, mutation: Mutation) -> None:
-    """Apply every part of ``mutation`` to ``ds``, in order, each part seeing the result of
-    the previous one; writes ``ds``'s estate. Deterministic: the choices of a part come from
+    """Apply every part of ``mutation`` to ``ds`` in the documented order (systems removed,
+    added, patches removed, added, statuses flipped), each part seeing the result of the
+    previous one; writes ``ds``'s estate. Deterministic: a part's choices come from
     ``random.Random(f"{seed}:{customer}:change:{version}")``. The caller serialises writers.
     Raises ValueError (a resource id that is not present, no room at the front)."""
-    for _name, part in mutation.changes():
-        rng = random.Random(f"{ds.seed}:{ds.customer}:change:{ds.version}")
-        if isinstance(part, SystemsChange):
-            _systems(ds, part, removal=_name == "remove_systems")
-        elif isinstance(part, PatchChurn):
-            _patches(ds, part, removal=_name == "remove_patches", rng=rng)
-        elif isinstance(part, StatusFlip):
-            _flip(ds, part, rng)
+    if mutation.remove_systems is not None:
+        _remove_systems(ds, mutation.remove_systems)
+    if mutation.add_systems is not None:
+        ds.add_systems(mutation.add_systems.count, mutation.add_systems.where)
+    if mutation.remove_patches is not None:
+        _patches(ds, mutation.remove_patches, removal=True)
+    if mutation.add_patches is not None:
+        _patches(ds, mutation.add_patches, removal=False)
+    if mutation.flip_status is not None:
+        _flip(ds, mutation.flip_status)
 
 
-def _systems(ds: Dataset, change: SystemsChange, removal: bool) -> None:
-    if not removal:
-        ds.add_systems(change.count, change.where)
-    elif change.resource_ids:
+def _rng(ds: Dataset) -> random.Random:
+    return random.Random(f"{ds.seed}:{ds.customer}:change:{ds.version}")
+
+
+def _remove_systems(ds: Dataset, change: SystemsChange) -> None:
+    if change.resource_ids:
         ds.remove_resource_ids(change.resource_ids)
     else:
         ds.remove_systems(change.count, change.where)
 
 
-def _patches(ds: Dataset, churn: PatchChurn, removal: bool, rng: random.Random) -> None:
-    est = ds.estate
+def _patches(ds: Dataset, churn: PatchChurn, removal: bool) -> None:
+    est, rng = ds.estate, _rng(ds)
     keys = ds.dcapi_indices(est)
 
     def patches_of(key: int) -> list[dict[str, object]]:
@@ -50,8 +55,8 @@ def _patches(ds: Dataset, churn: PatchChurn, removal: bool, rng: random.Random) 
     ds.replace(est.with_change(change, emptied))
 
 
-def _flip(ds: Dataset, flip: StatusFlip, rng: random.Random) -> None:
-    est = ds.estate
+def _flip(ds: Dataset, flip: StatusFlip) -> None:
+    est, rng = ds.estate, _rng(ds)
     if flip.share is not None:
         salt = f"{ds.seed}:{ds.customer}:flip:{est.version}"
         ds.replace(est.with_change(ShareFlip(flip.share, flip.direction, salt)))

@@ -171,10 +171,12 @@ class Mutation:
                              "remove_patches, add_patches, flip_status")
         return m
 
-    def changes(self) -> list[tuple[str, Any]]:
-        """``(name, part)`` of the parts present, in the order they are applied."""
-        names = ("remove_systems", "add_systems", "remove_patches", "add_patches", "flip_status")
-        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+    def changes(self) -> list[tuple[str, SystemsChange | PatchChurn | StatusFlip]]:
+        """``(name, part)`` of the parts present, in the order ``apply_mutation`` applies them."""
+        parts = (("remove_systems", self.remove_systems), ("add_systems", self.add_systems),
+                 ("remove_patches", self.remove_patches), ("add_patches", self.add_patches),
+                 ("flip_status", self.flip_status))
+        return [(name, part) for name, part in parts if part is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, accepted back by ``parse``."""

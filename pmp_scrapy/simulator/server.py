@@ -219,12 +219,11 @@ class Simulator:
         page_requests = 0
         with self._lock:  # arrival time and traffic rules in one order
             meta.t, meta.wall = time.monotonic(), time.time()
-            if inc.kind in PMP_KINDS:
-                admitted = self._limiter.admit(meta.t)
-                if self._dropper.should_drop(inc.reused):
-                    return Reply(0, drop=True, fault="drop_reused"), meta
-                if not admitted and self._limiter.limit is not None:
-                    return self._limiter.limit.refusal(), meta
+            if inc.kind in PMP_KINDS:  # both rules count every arrival, the refused ones too
+                refusal = self._limiter.arrive(meta.t)
+                refusal = self._dropper.arrive(inc.reused) or refusal
+                if refusal is not None:
+                    return refusal, meta
             if inc.kind == "page":
                 self._page_requests += 1
                 page_requests = self._page_requests

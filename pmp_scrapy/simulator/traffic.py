@@ -79,17 +79,18 @@ class SlidingWindowLimiter:
         self.refused = 0
         self._arrivals: deque[float] = deque()
 
-    def admit(self, t: float) -> bool:
-        """Record an arrival at monotonic time ``t``; whether it is within the limit."""
+    def arrive(self, t: float) -> Reply | None:
+        """Record an arrival at monotonic time ``t``; the refusal if it is over the limit."""
         if self.limit is None:
-            return True
+            return None
         while self._arrivals and t - self._arrivals[0] >= 1.0:
             self._arrivals.popleft()
-        admitted = len(self._arrivals) < self.limit.max_per_second
+        over = len(self._arrivals) >= self.limit.max_per_second
         self._arrivals.append(t)
-        if not admitted:
-            self.refused += 1
-        return admitted
+        if not over:
+            return None
+        self.refused += 1
+        return self.limit.refusal()
 
 
 class ReusedConnectionDropper:
@@ -99,12 +100,15 @@ class ReusedConnectionDropper:
         self.rule = rule
         self._reused_arrivals = 0
 
-    def should_drop(self, reused: bool) -> bool:
-        """Whether this arrival (on a used connection if ``reused``) gets its connection closed."""
+    def arrive(self, reused: bool) -> Reply | None:
+        """Count an arrival (on an already-used connection if ``reused``); the connection-closing
+        reply if it is one to drop."""
         if self.rule is None or not reused:
-            return False
+            return None
         self._reused_arrivals += 1
-        return self._reused_arrivals % self.rule.every == 0
+        if self._reused_arrivals % self.rule.every:
+            return None
+        return Reply(0, drop=True, fault="drop_reused")
 
 
 class LatencyModel:

@@ -78,9 +78,11 @@ scenario file (--scenario FILE.json): one JSON object, every field optional:
                      {_kinds(TOKEN_FAULT_KINDS)}
   mutations          tenant changes made once "after_page_requests" page requests arrived:
                      "remove_systems": N (front) | {{"count", "where"}} | {{"resource_ids": [..]}},
-                     "add_systems": N (end) | {{"count", "where"}}  (where: {_choices(WHERE)}),
+                     "add_systems": N (end) | {{"count", "where"}}
+                       where: {_choices(WHERE)} (new systems get fresh, in-order ids),
                      "remove_patches" / "add_patches": {{"systems", "per_system"}},
-                     "flip_status": {{"share" | "count", "direction": {_choices(DIRECTIONS)}}},
+                     "flip_status": {{"share" | "count", "direction"}}: pairs flipped
+                       Missing <-> Installed; direction: {_choices(DIRECTIONS)},
                      "customer": name (default: the default estate); applied in that order
   revoke_after_page_requests  invalidate every token at that page request
   token_ttl          access-token lifetime, s (3600)
@@ -96,15 +98,17 @@ scenario file (--scenario FILE.json): one JSON object, every field optional:
                      (429 + Retry-After: 1, or HTTP 200 with an HTML throttling page)
   drop_reused        null, or {{"every": N}}: every N-th API request arriving on an already
                      used keep-alive connection is read and the connection closed unanswered
-  catalog            {_choices(CATALOG_MODES)}: the catalog endpoint exists, answers HTTP 404,
-                     or HTTP 200 {{"error_code": "10022", ...}} (not supported by this build)
+  catalog            {_choices(CATALOG_MODES)}: the catalog endpoint exists,
+                     answers HTTP 404, or HTTP 200 {{"error_code": "10022", ...}} (unsupported)
   client_id, client_secret, refresh_token, api_key   replace the demo credentials
 
-fault kinds (recorded in the request's "fault"; the server's own refusals are recorded
-as "rate_limited" and "drop_reused"):
+fault kinds (recorded in the request's "fault"; the traffic rules' refusals are recorded as
+"rate_limited" and "drop_reused": they count as arrivals for the limiter, but use no fault
+attempt and no page request):
 {_meanings()}
 
-tenant changes between runs: POST /_sim/mutate with the mutation fields (no after_page_requests).
+tenant changes between runs: POST /_sim/mutate with the fields of a mutation, without
+after_page_requests (Python: Simulator.mutate(**fields)).
 
 example:
 {EXAMPLE}

@@ -31,6 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.storage.schema import add_missing_columns, metadata
+from pmp_scrapy.storage.views import create_views
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(conn, checkfirst=True)
                 add_missing_columns(conn)
+                create_views(conn)
         except SQLAlchemyError as exc:
             engine.dispose()
             raise StorageError(f"cannot prepare database {safe_url(url)}: {describe_error(exc)}") from None

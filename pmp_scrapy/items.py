@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pmp_scrapy.catalog import CatalogRows, SweepEnd
 from pmp_scrapy.rows import PageRows
 
 
@@ -41,3 +42,42 @@ class InventoryTotal:
 
     snapshot_id: int
     managed_total: int
+
+
+# --- the patch catalog (/dcapi/threats/patches) ------------------------------------------------------
+
+@dataclass
+class CatalogPage:
+    """One catalog page that answered; ``end`` is set on the last catalog answer of the run."""
+
+    snapshot_id: int
+    page: int
+    total_pages: int | None
+    total_records: int | None
+    rows: CatalogRows = field(default_factory=CatalogRows)
+    retried_gap: bool = False
+    end: SweepEnd | None = None
+
+
+@dataclass
+class CatalogGap:
+    """One catalog page that ended without data after its last attempt (stored as the gap of
+    ``page_num = -page``, see :func:`pmp_scrapy.catalog.gap_page_num`)."""
+
+    snapshot_id: int
+    page: int
+    error_type: str
+    error_message: str
+    response_sample: str | None
+    attempts: int
+    http_status: int | None = None
+    retried_gap: bool = False
+    end: SweepEnd | None = None
+
+
+@dataclass
+class CatalogUnavailable:
+    """The server has no catalog (HTTP 404, or error 10022 "not supported")."""
+
+    snapshot_id: int
+    reason: str

@@ -7,20 +7,34 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from scrapy import Spider
 from scrapy.crawler import CrawlerRunner
+from scrapy.exceptions import CloseSpider
 from scrapy.settings import Settings
+from scrapy.utils.test import get_crawler
 
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario, Simulator
+from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Scenario, Simulator
 from pmp_scrapy.spiders.dcapi_patches import DcapiPatchesSpider
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENV = ("PMP_CLIENT_ID", "PMP_CLIENT_SECRET", "PMP_REFRESH_TOKEN", "PMP_API_KEY", "SLACK_WEBHOOK_URL")
+
+# Data sets the crawl tests share (no system without patches, so pages are full).
+THREE_PAGES = DatasetSpec(managed_systems=90, no_patch_share=0.0)  # 3 pages of 30
+SEVEN_PAGES = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 7 pages of 30, 40 pages of 5
+TEN_PAGES = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
+#: The settings of a test sweep: every page in one run, a checkpoint every 3 pages.
+SWEEP: dict[str, Any] = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3}
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +109,74 @@ async def run_crawl(settings: Settings, monkeypatch: pytest.MonkeyPatch | None =
     await crawler.crawl(**spider_args)
     stats = crawler.stats.get_stats()
     return CrawlResult(stats, stats.get("pmp/exit_code"), stats.get("finish_reason"))
+
+
+class CrawlAgainst:
+    """``await crawl_against(sim, **names)``: one real crawl in this process against ``sim``, into
+    the test's ``db_path``, with the simulator's OAuth credentials in the environment (``env=``
+    replaces them) and :data:`SWEEP` under ``names``. Upper-case names are settings at
+    command-line priority (a ``Path`` becomes its text: ``LOG_FILE=log_file``); lower-case ones
+    are spider arguments (``customer="acme"``, ``reset="1"``)."""
+
+    def __init__(self, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.db_path = db_path
+        self.monkeypatch = monkeypatch
+
+    async def __call__(self, sim: Simulator, *, env: dict[str, str] | None = None, **names: Any) -> CrawlResult:
+        settings = {**SWEEP, **{k: str(v) if isinstance(v, Path) else v for k, v in names.items() if k.isupper()}}
+        arguments = {k: v for k, v in names.items() if not k.isupper()}
+        return await run_crawl(crawl_settings(sim, self.db_path, **settings), self.monkeypatch,
+                               env=oauth_env(sim) if env is None else env, **arguments)
+
+
+@pytest.fixture
+def crawl_against(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> CrawlAgainst:
+    """See :class:`CrawlAgainst`."""
+    return CrawlAgainst(db_path, monkeypatch)
+
+
+# --- component tests: one component built as Scrapy's own tests build one, no crawl ----------------
+
+UNUSED_URL = "http://127.0.0.1:9"  # nothing listens there: a component that calls out fails at once
+
+
+def component_crawler(spidercls: type[Spider] = DcapiPatchesSpider, *, sim: Simulator | None = None,
+                      db_path: Path | None = None, **settings: Any) -> Crawler:
+    """``scrapy.utils.test.get_crawler``: Scrapy's defaults and what this project's components
+    read, pointed at ``sim`` (else :data:`UNUSED_URL`) and ``db_path``, with ``settings`` on top
+    (project priority). No add-on runs (no log handler, no environment folded in) and only the
+    ``EXTENSIONS``, ``DOWNLOADER_MIDDLEWARES`` and ``ITEM_PIPELINES`` given are enabled. Build a
+    component from it with ``build_from_crawler`` and call its handlers."""
+    url = sim.url if sim is not None else UNUSED_URL
+    values: dict[str, Any] = {
+        "PMP_BASE_URL": url, "PMP_ACCOUNTS_URL": url,
+        "PMP_DATABASE_URL": f"sqlite:///{db_path}" if db_path is not None else "sqlite:///:memory:",
+        "DOWNLOAD_DELAY": 0, "PMP_BACKOFF_BASE": 0.05, "LOG_LEVEL": "DEBUG",
+        **settings,
+    }
+    return get_crawler(spidercls, settings_dict=values)
+
+
+@asynccontextmanager
+async def opened_spider(crawler: Crawler, *, reason: str = "finished") -> AsyncIterator[Spider]:
+    """The crawler's spider, opened by a real engine that is never started: ``spider_opened``
+    is sent and a component may download (``engine.download_async``) or close the spider, but no
+    start request is scheduled. On exit the spider is closed with ``reason`` (``spider_closed``
+    sent) unless something closed it already. A component refusing the run at ``spider_opened``
+    (``CloseSpider``) closes it with that reason, as ``Crawler.crawl`` does, and the
+    ``CloseSpider`` propagates. Run under ``deferred_f_from_coro_f``."""
+    crawler.spider = crawler._create_spider()
+    crawler.engine = crawler._create_engine()
+    try:
+        await crawler.engine.open_spider_async()
+    except CloseSpider as exc:
+        await crawler.engine.close_async(reason=exc.reason)
+        raise
+    try:
+        yield crawler.spider
+    finally:
+        if crawler.engine.spider is not None:
+            await crawler.engine.close_spider_async(reason=reason)
 
 
 def scrapy_command(args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,

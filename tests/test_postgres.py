@@ -6,6 +6,7 @@ Uses the ``postgres_url`` fixture of ``test_storage`` (a fresh database per test
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -35,39 +36,70 @@ def test_sessions_run_in_utc_and_name_themselves(postgres_url: str) -> None:  # 
         store.close()
 
 
+def wait_for_lock_wait(url: str, application_name: str = "pmp_scrapy", timeout: float = 20) -> None:
+    """Return once a session named ``application_name`` (the store's) waits for a lock in the
+    database of ``url``, as PostgreSQL itself reports it; fail after ``timeout`` seconds."""
+    engine = sa.create_engine(url)
+    deadline = time.monotonic() + timeout
+    try:
+        with engine.connect() as conn:
+            while True:
+                waiting = conn.execute(sa.text(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = :name AND wait_event_type = 'Lock'"), {"name": application_name}).scalar()
+                conn.rollback()  # a fresh snapshot of pg_stat_activity each time
+                if waiting:
+                    return
+                assert time.monotonic() < deadline, f"no {application_name} session waited for a lock"
+                time.sleep(0.01)
+    finally:
+        engine.dispose()
+
+
 def test_a_deadlocked_write_is_retried_and_commits(postgres_url: str) -> None:  # noqa: F811
     """The store's transaction waits first, so PostgreSQL's deadlock detector aborts it (40P01);
-    the store runs it again once the other transaction is through, and it commits."""
+    the store runs it again once the other transaction is through, and it commits.
+
+    Arranged by locks, not by sleeps: the other transaction holds row 1 before the store starts;
+    the store takes row 2 and waits for row 1; only once PostgreSQL shows the store waiting does
+    the other transaction ask for row 2, closing the cycle. PostgreSQL checks for a deadlock in a
+    session deadlock_timeout after it began to wait: the store's check comes first, so the store
+    is the one aborted."""
     store = Store(postgres_url)
     store.open()
     store.start_snapshot("a", 30)
     store.start_snapshot("b", 30)
-    holds_b = threading.Event()
+    holds_row_1 = threading.Event()
     other_error: list[BaseException] = []
     attempts: list[int] = []
 
     def other() -> None:
-        engine = sa.create_engine(postgres_url)
+        engine = sa.create_engine(postgres_url)  # not named pmp_scrapy: only the store's waits count
         try:
             with engine.begin() as conn:
+                # The store's detector (the server default, 1 s) runs before this one (10 s): the
+                # store is the one aborted. (deadlock_timeout is a superuser setting; without it the
+                # store still waited first.)
+                with contextlib.suppress(sa.exc.DBAPIError), conn.begin_nested():
+                    conn.execute(sa.text("SET LOCAL deadlock_timeout = '10s'"))
                 conn.execute(sa.text("UPDATE dcapi_snapshots SET page_limit = 1 WHERE snapshot_id = 1"))
-                holds_b.wait(10)
-                time.sleep(0.5)  # let the store start waiting for row 1 first
+                holds_row_1.set()
+                wait_for_lock_wait(postgres_url)  # the store holds row 2 and waits for row 1
                 conn.execute(sa.text("UPDATE dcapi_snapshots SET page_limit = 1 WHERE snapshot_id = 2"))
         except BaseException as exc:  # noqa: BLE001
             other_error.append(exc)
+            holds_row_1.set()
         finally:
             engine.dispose()
 
     def store_side(conn: sa.Connection) -> None:
         attempts.append(1)
         conn.execute(sa.text("UPDATE dcapi_snapshots SET page_limit = 2 WHERE snapshot_id = 2"))
-        holds_b.set()
         conn.execute(sa.text("UPDATE dcapi_snapshots SET page_limit = 2 WHERE snapshot_id = 1"))
 
     thread = threading.Thread(target=other)
     thread.start()
-    time.sleep(0.2)  # the other transaction holds row 1
+    assert holds_row_1.wait(20)  # the other transaction holds row 1
     try:
         store._run("testing a deadlock", store_side)
     finally:

@@ -377,3 +377,58 @@ async def test_catalog_requests_keep_the_rate_limit(db_path: Path, monkeypatch: 
         times = [r.t for r in sim.requests if r.kind in PMP_KINDS]
         assert max_requests_in_window(times) <= 4
         assert catalog_table(sqlite_url(db_path)) == expected_catalog(sim)
+
+
+# --- the store, without a crawl ------------------------------------------------------------------------------
+
+def test_catalog_commits_through_the_store(database_url: str) -> None:  # noqa: F811
+    from pmp_scrapy.catalog import SweepEnd
+    from pmp_scrapy.storage import Store
+    from pmp_scrapy.storage.catalog import CatalogCommit
+
+    store = Store(database_url)
+    store.open()
+    try:
+        snap = store.start_snapshot("", 30)
+        rows = catalog_rows([{"patch_id": 1, "cveids": "CVE-1"}, {"patch_id": 2, "cveids": ["CVE-2", "CVE-3"]}], 1)
+        gap = {"error_type": "5xx_server_error", "error_message": "HTTP 503", "response_sample": None,
+               "attempts": 3, "http_status": 503}
+        end = SweepEnd(listing_complete=True, total_records=3, records_changed=False, skipped=0, full=True)
+        assert store.commit_catalog_page(CatalogCommit("", snap, 1, rows=rows)).patches == 2
+        partial = store.commit_catalog_page(CatalogCommit("", snap, 2, gap=gap, end=end))
+        assert (partial.state, partial.open_gaps) == ("partial", 1)
+        assert store.load_state("").open_gap_pages == [-2] and store.load_state("").catalog_state == "partial"
+        # the retry heals the gap: complete; 3 patches counted, 3 read, so stale rows may go
+        healed = store.commit_catalog_page(CatalogCommit("", snap, 2, rows=catalog_rows([{"patch_id": 3}], 2),
+                                                         end=end))
+        assert (healed.healed, healed.state, healed.open_gaps, healed.prune_skipped) == (True, "complete", 0, None)
+        assert store.load_state("").open_gap_pages == []
+        assert cve_table(database_url) == {("1", "CVE-1"), ("2", "CVE-2"), ("2", "CVE-3")}
+
+        # a new snapshot that read fewer patches than the server counts keeps the old ones
+        snap2 = store.start_snapshot("", 30)
+        short = SweepEnd(listing_complete=True, total_records=3, records_changed=False, skipped=0, full=True)
+        kept = store.commit_catalog_page(CatalogCommit("", snap2, 1, rows=catalog_rows(
+            [{"patch_id": 1, "cveids": "CVE-9"}], 1), end=short))
+        assert kept.state == "complete" and kept.pruned == 0 and "only 1 of the 3" in (kept.prune_skipped or "")
+        assert set(catalog_table(database_url)) == {"1", "2", "3"}
+        assert ("1", "CVE-9") in cve_table(database_url) and ("1", "CVE-1") not in cve_table(database_url)
+        moved = SweepEnd(listing_complete=True, total_records=1, records_changed=True, skipped=0, full=True)
+        assert "changed" in (store.commit_catalog_page(CatalogCommit("", snap2, 1, rows=catalog_rows(
+            [{"patch_id": 1}], 1), end=moved)).prune_skipped or "")
+        whole = SweepEnd(listing_complete=True, total_records=1, records_changed=False, skipped=0, full=True)
+        pruned = store.commit_catalog_page(CatalogCommit("", snap2, 1, rows=catalog_rows([{"patch_id": 1}], 1),
+                                                         end=whole))
+        assert pruned.pruned == 2 and set(catalog_table(database_url)) == {"1"} and cve_table(database_url) == set()
+
+        # a sweep that never learned the page count leaves the state alone; "unavailable" closes open gaps
+        snap3 = store.start_snapshot("", 30)
+        blind = SweepEnd(listing_complete=False, total_records=None, records_changed=False, skipped=0, full=True)
+        assert store.commit_catalog_page(CatalogCommit("", snap3, 1, gap=gap, end=blind)).state is None
+        assert store.load_state("").catalog_state is None and store.load_state("").open_gap_pages == [-1]
+        gone = store.commit_catalog_page(CatalogCommit("", snap3, 0, unavailable=True))
+        assert (gone.state, gone.closed_gaps) == ("unavailable", 1)
+        state = store.load_state("")
+        assert (state.catalog_state, state.open_gap_pages) == ("unavailable", [])
+    finally:
+        store.close()

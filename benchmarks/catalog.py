@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pmp_scrapy.simulator import DEMO_CREDENTIALS  # noqa: E402
+from pmp_scrapy.simulator import DEMO_CREDENTIALS
 
 AIM = 1.10
 

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
-
 from conftest import (
     crawl_settings,
     db_rows,
@@ -22,6 +21,8 @@ from conftest import (
     oauth_env,
     run_crawl,
 )
+from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
+
 from pmp_scrapy.catalog import (
     CatalogSweep,
     EndpointUnsupported,
@@ -38,7 +39,6 @@ from pmp_scrapy.envelope import PayloadError
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.storage.status import read_status
-from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
 
 SMALL = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 7 pages of 30; 3,184 catalog patches
 UNSUPPORTED = b'{"error_code": "10022", "error_description": "API Endpoint is not supported by current server"}'

@@ -136,6 +136,15 @@ async def test_scrapys_stock_handler_resends_silently(dropping_server: DroppingS
     assert dropping_server.arrivals == [(1, 1), (1, 2), (2, 1)]  # two arrivals for one request
 
 
+@pytest.mark.parametrize(("settings", "kept"), [
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 2}, 16),
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 2, "PMP_MAX_IN_FLIGHT": 6}, 6),
+    ({"CONCURRENT_REQUESTS_PER_DOMAIN": 8, "PMP_MAX_IN_FLIGHT": 6}, 8)])
+def test_the_pool_keeps_a_connection_for_each_request_the_pacer_allows(settings: dict[str, Any], kept: int) -> None:
+    handler = NoSilentRetryDownloadHandler(get_crawler(settings_dict=settings))
+    assert handler._pool.maxPersistentPerHost == kept
+
+
 # --- pure decisions (pmp_scrapy.pacing) -------------------------------------------------------------
 
 LIMITS = pacing.PaceLimits(base_delay=0.26, max_delay=8.0, max_in_flight=16)
@@ -383,10 +392,10 @@ STRICT_429 = {"max_per_second": 4, "reply": "429"}
 
 def paced_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
     """The project's settings with the pacer and the handler enabled, at the contract's rate;
-    CONCURRENT_REQUESTS* raised as the pacer needs (settings.py still has 3 and 2)."""
+    CONCURRENT_REQUESTS raised as the pacer needs (settings.py still has 3)."""
     values: dict[str, Any] = {
         "DOWNLOAD_DELAY": 0.25, "AUTOTHROTTLE_ENABLED": False, "PMP_PAGE_LIMIT": 30,
-        "PMP_BATCH_PAGES": 0, "CONCURRENT_REQUESTS": 20, "CONCURRENT_REQUESTS_PER_DOMAIN": 16,
+        "PMP_BATCH_PAGES": 0, "CONCURRENT_REQUESTS": 20,
         "DOWNLOAD_HANDLERS": HANDLERS, **overrides}
     settings = crawl_settings(sim, db_path, **values)
     settings.set("EXTENSIONS", {**settings.getdict("EXTENSIONS"), PACER: 500}, priority="cmdline")

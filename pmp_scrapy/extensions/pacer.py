@@ -13,6 +13,9 @@ inventory, catalog, customers; every request without the ``pmp_side_request`` me
   observed latency (``latency / delay + 1``, :func:`pmp_scrapy.pacing.in_flight_target`), at
   most ``PMP_MAX_IN_FLIGHT``. ``CONCURRENT_REQUESTS`` caps the downloader as a whole and must
   leave room above it (requests sleeping out a retry backoff, token calls, Slack posts).
+  ``CONCURRENT_REQUESTS_PER_DOMAIN`` stays the concurrency of unpaced slots (side requests, and
+  every slot when ``DOWNLOAD_DELAY`` is 0); :mod:`pmp_scrapy.http` keeps enough persistent
+  connections for the paced slot.
 
 Side requests (token calls, Slack posts) have their own download slots and are not paced here.
 
@@ -63,16 +66,22 @@ DEFAULT_RATE_MARGIN = 0.04
 DEFAULT_MAX_DELAY = 8.0
 
 
-def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
-    """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
-    run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
-    raw_cap = settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)
+def max_in_flight(settings: BaseSettings) -> int:
+    """The validated ``PMP_MAX_IN_FLIGHT``."""
+    raw = settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)
     try:
-        cap = int(str(raw_cap).strip())
+        cap = int(str(raw).strip())
     except ValueError:
         cap = 0
     if cap < 1:
-        raise ConfigError(f"PMP_MAX_IN_FLIGHT must be a positive integer, got {raw_cap!r}")
+        raise ConfigError(f"PMP_MAX_IN_FLIGHT must be a positive integer, got {raw!r}")
+    return cap
+
+
+def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
+    """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
+    run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
+    cap = max_in_flight(settings)
     margin = _float_setting(settings, "PMP_RATE_MARGIN", DEFAULT_RATE_MARGIN, "between 0 and 1", 0.0, 1.0)
     base = pacing.paced_delay(download_delay, margin)
     max_delay = _float_setting(settings, "PMP_PACE_MAX_DELAY", DEFAULT_MAX_DELAY,
@@ -151,33 +160,52 @@ class Pacer:
 
     def response_downloaded(self, response: Response, request: Request, spider: Any = None) -> None:
         """Learn latency and overload from one answer; adjust the slot."""
+        if request.meta.get(SIDE_REQUEST):
+            return
         paced = self._slots.get(request.meta.get("download_slot"))  # type: ignore[arg-type]
-        if paced is None or request.meta.get(SIDE_REQUEST):
+        if paced is None:
             return
         now = monotonic()
         seconds = request.meta.get("download_latency")
         sent_at = now - seconds if seconds is not None else now
-        reason = pacing.overload_reason(response.status, response.body)
-        if reason is None and seconds is not None:
-            paced.latency = pacing.observe_latency(paced.latency, seconds)
-            if pacing.latency_climbing(paced.latency):
-                reason = pacing.LATENCY_CLIMB
-                paced.latency = pacing.accept_level(paced.latency)
-        before = paced.pace
-        if reason is not None:
-            paced.pace = pacing.back_off(before, self.limits, sent_at=sent_at, now=now)
-            if paced.pace is not before:
-                self._log_backoff(paced, reason, before.delay)
+        reason = self._overload(paced, response, seconds)
+        if reason is None:
+            self._recover(paced, sent_at)
         else:
-            paced.pace = pacing.recover(before, self.limits, sent_at=sent_at)
-            if paced.pace.delay <= self.limits.base_delay < before.delay:
-                logger.info("PMP answers normally again: back to one request every %.2f s",
-                            paced.pace.delay, extra={"event_type": "pace_recovered",
-                                                     "delay_s": round(paced.pace.delay, 3)})
+            self._back_off(paced, reason, sent_at, now)
         self.crawler.stats.max_value("pmp/pace/max_in_flight", len(paced.slot.transferring))
         self._apply(paced)
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _overload(self, paced: _PacedSlot, response: Response, seconds: float | None) -> str | None:
+        """What overload the answer signals; a good answer's latency feeds the estimate."""
+        reason = pacing.overload_reason(response.status, response.body)
+        if reason is None and seconds is not None:
+            paced.latency = pacing.observe_latency(paced.latency, seconds)
+            if pacing.latency_climbing(paced.latency):
+                paced.latency = pacing.accept_level(paced.latency)
+                return pacing.LATENCY_CLIMB
+        return reason
+
+    def _back_off(self, paced: _PacedSlot, reason: str, sent_at: float, now: float) -> None:
+        before = paced.pace
+        paced.pace = pacing.back_off(before, self.limits, sent_at=sent_at, now=now)
+        if paced.pace is before:
+            return
+        self.crawler.stats.inc_value("pmp/pace/backoffs")
+        self.crawler.stats.inc_value(f"pmp/pace/backoffs/{reason}")
+        logger.warning("PMP signals overload (%s): one request every %.2f s instead of %.2f s",
+                       reason, paced.pace.delay, before.delay,
+                       extra={"event_type": "pace_backoff", "reason": reason,
+                              "delay_s": round(paced.pace.delay, 3), "previous_delay_s": round(before.delay, 3)})
+
+    def _recover(self, paced: _PacedSlot, sent_at: float) -> None:
+        before = paced.pace
+        paced.pace = pacing.recover(before, self.limits, sent_at=sent_at)
+        if paced.pace.delay <= self.limits.base_delay < before.delay:
+            logger.info("PMP answers normally again: back to one request every %.2f s", paced.pace.delay,
+                        extra={"event_type": "pace_recovered", "delay_s": round(paced.pace.delay, 3)})
+
     def _apply(self, paced: _PacedSlot) -> None:
         peak = paced.latency.peak if paced.latency is not None else None
         target = pacing.in_flight_target(peak, paced.pace.delay, self.limits.max_in_flight)
@@ -189,11 +217,3 @@ class Pacer:
         stats.set_value("pmp/pace/in_flight_target", target)
         if paced.latency is not None:
             stats.set_value("pmp/pace/latency", round(paced.latency.recent, 3))
-
-    def _log_backoff(self, paced: _PacedSlot, reason: str, old_delay: float) -> None:
-        self.crawler.stats.inc_value("pmp/pace/backoffs")
-        self.crawler.stats.inc_value(f"pmp/pace/backoffs/{reason}")
-        logger.warning("PMP signals overload (%s): one request every %.2f s instead of %.2f s",
-                       reason, paced.pace.delay, old_delay,
-                       extra={"event_type": "pace_backoff", "reason": reason,
-                              "delay_s": round(paced.pace.delay, 3), "previous_delay_s": round(old_delay, 3)})

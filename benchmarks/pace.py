@@ -33,11 +33,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from sweep import start_simulator  # noqa: E402
+from sweep import start_simulator
 
-from pmp_scrapy import settings as project_settings  # noqa: E402
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario  # noqa: E402
-from pmp_scrapy.simulator.api import PMP_KINDS  # noqa: E402
+from pmp_scrapy import settings as project_settings
+from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario
+from pmp_scrapy.simulator.api import PMP_KINDS
 
 LIMIT_DELAY = 0.25  # the contract: at most 4 requests a second
 HANDLER = "pmp_scrapy.http.NoSilentRetryDownloadHandler"
@@ -69,12 +69,12 @@ class Sweep:
         bound = self.pages * LIMIT_DELAY
         verdict = "within" if self.peak_rss_mb < RSS_BUDGET_MB else "OVER"
         return [
-            f"{self.label:<24} exit={self.exit_code} wall={self.wall_s:6.1f}s ({self.wall_s / bound:.2f}x the "
-            f"bound {bound:.1f}s); server span={self.span_s:6.1f}s ({self.span_s / bound:.2f}x) "
-            f"pages={self.pages} gaps={self.gaps}",
-            f"{'':<24} peak RSS {self.peak_rss_mb:.1f} MB ({verdict} {RSS_BUDGET_MB:.0f} MB); "
-            f"most held at once {self.most_at_once}; most arrivals in 1 s {self.most_in_a_second}; "
-            f"refused for rate {self.refused}; {self.connections} connections",
+            (f"{self.label:<24} exit={self.exit_code} wall={self.wall_s:6.1f}s ({self.wall_s / bound:.2f}x the "
+             f"bound {bound:.1f}s); server span={self.span_s:6.1f}s ({self.span_s / bound:.2f}x) "
+             f"pages={self.pages} gaps={self.gaps}"),
+            (f"{'':<24} peak RSS {self.peak_rss_mb:.1f} MB ({verdict} {RSS_BUDGET_MB:.0f} MB); "
+             f"most held at once {self.most_at_once}; most arrivals in 1 s {self.most_in_a_second}; "
+             f"refused for rate {self.refused}; {self.connections} connections"),
             f"{'':<24} in flight every {TIMELINE_STEP:g}s: {' '.join(map(str, self.in_flight))}",
         ]
 

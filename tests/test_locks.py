@@ -12,15 +12,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
+
 from pmp_scrapy.storage.locks import LockHeld, TenantLock, acquire_tenant_lock, lock_path, tenant_key
 from pmp_scrapy.storage.token_mints import budget_wait, claim_mint, mints_since, prune_mints, record_mint
-from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
 
 TENANT = tenant_key("https://patch.manageengine.com.au", "1000.CLIENTID")
 OTHER = tenant_key("https://patch.manageengine.eu", "1000.CLIENTID")
@@ -49,7 +49,7 @@ def take(url: str, tenant: str = TENANT) -> TenantLock:
 def assert_held_by(held: TenantLock | LockHeld, pid: int) -> None:
     assert isinstance(held, LockHeld), held
     assert (held.pid, held.host) == (pid, socket.gethostname())
-    assert held.since is not None and abs(datetime.now(timezone.utc) - held.since) < timedelta(minutes=1)
+    assert held.since is not None and abs(datetime.now(UTC) - held.since) < timedelta(minutes=1)
     assert f"by pid {pid} on {socket.gethostname()}" in held.describe()
 
 

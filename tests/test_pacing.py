@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
+from conftest import crawl_settings, expected_table, mapping_table, max_requests_in_window, oauth_env, run_crawl
 from scrapy import Request, signals
 from scrapy.core.downloader import Slot
 from scrapy.core.downloader.handlers.http11 import HTTP11DownloadHandler
@@ -33,7 +34,6 @@ from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.test import get_crawler
 
-from conftest import crawl_settings, expected_table, mapping_table, max_requests_in_window, oauth_env, run_crawl
 from pmp_scrapy import pacing
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.extensions.pacer import Pacer, pace_limits
@@ -245,8 +245,8 @@ def test_recovery_is_gradual_and_stops_at_the_base() -> None:
 
 def test_slowness_alone_never_raises_the_delay() -> None:
     """What AutoThrottle does wrong: at 2.5 s a page it spaces requests 1.25 s apart."""
-    pace, latency = pacing.Pace(LIMITS.base_delay), None
-    for sample in [0.001] + [2.5] * 50:
+    pace, latency = pacing.Pace(LIMITS.base_delay), pacing.observe_latency(None, 0.001)
+    for sample in [2.5] * 50:
         latency = pacing.observe_latency(latency, sample)
         if pacing.latency_climbing(latency):
             pace = pacing.back_off(pace, LIMITS, sent_at=0, now=0)
@@ -423,7 +423,7 @@ def assert_paced(records: list[RecordedRequest]) -> None:
     """At most 4 arrivals in any one-second window as the server recorded them, never a
     shorter window."""
     times = [r.t for r in records]
-    assert max_requests_in_window(times, window=1.0) <= 4, sorted(b - a for a, b in zip(times, times[1:]))
+    assert max_requests_in_window(times, window=1.0) <= 4, sorted(b - a for a, b in pairwise(times))
 
 
 @pytest_twisted.ensureDeferred
@@ -447,7 +447,7 @@ async def test_slow_pages_keep_the_rate_busy_and_never_exceed_it(
     assert "pmp/pace/backoffs" not in result.stats
     assert refused == 0
     assert_paced(records)
-    after_first = [b.t - a.t for a, b in zip(pages[1:], pages[2:])]
+    after_first = [b.t - a.t for a, b in pairwise(pages[1:])]
     assert sorted(after_first)[len(after_first) // 2] >= 0.25  # the pages after page 1 left 0.26 s apart
 
 

@@ -51,7 +51,7 @@ from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.middlewares import SIDE_REQUEST
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.core.downloader import Slot
@@ -144,9 +144,9 @@ class Pacer:
         Scrapy dropped an idle slot and made a new one)."""
         if request.meta.get(SIDE_REQUEST):
             return
-        key = request.meta.get("download_slot")
+        key: str | None = request.meta.get("download_slot")  # set by the downloader before the signal
         slot = self.crawler.engine.downloader.slots.get(key) if key is not None else None
-        if slot is None:
+        if key is None or slot is None:
             return
         paced = self._slots.get(key)
         if paced is None:
@@ -162,7 +162,7 @@ class Pacer:
         """Learn latency and overload from one answer; adjust the slot."""
         if request.meta.get(SIDE_REQUEST):
             return
-        paced = self._slots.get(request.meta.get("download_slot"))  # type: ignore[arg-type]
+        paced = self._slots.get(request.meta.get("download_slot", ""))
         if paced is None:
             return
         now = monotonic()

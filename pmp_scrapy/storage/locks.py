@@ -29,7 +29,7 @@ import os
 import socket
 import zlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -44,9 +44,9 @@ from pmp_scrapy.storage.engine import describe_error, safe_url, sqlite_path
 
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Self
 
     from sqlalchemy import Connection, Engine
-    from typing_extensions import Self
 
 APPLICATION_PREFIX = "pmp_scrapy lock "
 _PG_NAME_MAX = 63  # PostgreSQL truncates application_name to NAMEDATALEN - 1 bytes
@@ -150,7 +150,7 @@ def _acquire_file(path: Path, tenant: str) -> TenantLock | LockHeld:
             return _file_holder(held.read(4096))
     host, pid = _holder()
     record = {"tenant": tenant, "host": host, "pid": pid,
-              "since": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
+              "since": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode("utf-8") + b"\n", 0)
     os.fchmod(fd, 0o600)
@@ -180,10 +180,10 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value)  # Python 3.11 reads the trailing Z
     except ValueError:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 # --- PostgreSQL: a session advisory lock ----------------------------------------------------------
@@ -249,5 +249,5 @@ def _session_holder(row: Any) -> LockHeld:
         who = name[len(APPLICATION_PREFIX):]
         pid_text, _, host = who.partition("@")
         pid = int(pid_text) if pid_text.isdigit() else None
-    since = started.astimezone(timezone.utc) if isinstance(started, datetime) else None
+    since = started.astimezone(UTC) if isinstance(started, datetime) else None
     return LockHeld(since, host or None, pid)

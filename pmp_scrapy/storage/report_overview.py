@@ -1,0 +1,99 @@
+"""Everything the HTML report shows for one customer (:func:`overview`): the summary, the trend
+over the kept snapshots and the CVE overview. Read-only, through a :class:`~.report_reader.Reader`.
+
+The trend: per complete snapshot, the coverage its checkpoint recorded and the number of missing
+(system, patch) pairs at its end. The latter is rebuilt from ``dcapi_mapping_events`` backwards
+from the present: what is missing now, minus what each later snapshot made missing, plus what it
+resolved (an event counts +1 when its new status is missing, -1 when its old one was). Without
+recorded events (a database the history was never written to) only the coverage is known.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pmp_scrapy.reporting.codes import MISSING
+from pmp_scrapy.storage.report_reader import Reader, Scope, iso, number
+from pmp_scrapy.storage.report_subjects import cve
+from pmp_scrapy.storage.reports import summary
+from pmp_scrapy.storage.views import status_is_sql
+
+KEPT = 60  # snapshots shown at most
+
+
+def trend(reader: Reader, customer: str, missing_now: int, *, kept: int = KEPT) -> dict[str, Any]:
+    """``{"points": [...], "history": bool}``: per complete snapshot (oldest first) its id,
+    completion time, systems and coverage, and, when the mapping history is recorded, the
+    missing pairs at its end and what it made missing or resolved. ``missing_now`` is the count
+    of missing pairs of the present systems (the summary's)."""
+    snapshots = reader.rows(
+        "SELECT s.snapshot_id, s.completed_at, s.managed_total, k.systems_extracted, k.coverage_pct "
+        "FROM dcapi_snapshots s LEFT JOIN dcapi_extraction_checkpoints k ON k.snapshot_id = s.snapshot_id "
+        "WHERE s.customer = :customer AND s.state = 'complete' ORDER BY s.snapshot_id DESC LIMIT :kept",
+        customer=customer, kept=kept)[::-1]
+    history = bool(reader.rows("SELECT 1 AS one FROM dcapi_mapping_events WHERE customer = :customer LIMIT 1",
+                               customer=customer))
+    changes: dict[int, tuple[int, int]] = {}
+    if snapshots and history:
+        became = status_is_sql(reader.dialect, "new_status", MISSING)
+        was = status_is_sql(reader.dialect, "old_status", MISSING)
+        for row in reader.rows(
+                f"SELECT snapshot_id, SUM(CASE WHEN {became} THEN 1 ELSE 0 END) AS appeared, "
+                f"SUM(CASE WHEN {was} THEN 1 ELSE 0 END) AS resolved FROM dcapi_mapping_events "
+                "WHERE customer = :customer AND patch_id IS NOT NULL AND snapshot_id > :first GROUP BY snapshot_id",
+                customer=customer, first=snapshots[0]["snapshot_id"]):
+            changes[int(row["snapshot_id"])] = (int(row["appeared"] or 0), int(row["resolved"] or 0))
+    points = []
+    for snap in snapshots:
+        sid = int(snap["snapshot_id"])
+        later = sum(appeared - resolved for other, (appeared, resolved) in changes.items() if other > sid)
+        appeared, resolved = changes.get(sid, (0, 0))
+        points.append({"snapshot_id": sid, "completed_at": iso(snap["completed_at"]),
+                       "systems": snap["systems_extracted"], "managed_total": snap["managed_total"],
+                       "coverage_pct": number(snap["coverage_pct"]),
+                       "missing_pairs": missing_now - later if history else None,
+                       "newly_missing": appeared if history else None, "resolved": resolved if history else None})
+    return {"points": points, "history": history}
+
+
+def cve_overview(reader: Reader, scope: Scope) -> dict[str, Any]:
+    """The catalog's CVEs for the scope: how many, how many affect a present system, how many
+    have a system missing every fix, and the ``scope.top`` CVEs missing on most systems (each the
+    ``--cve`` answer). ``{"cve_data": "unavailable"}`` without a catalog."""
+    if not reader.has_catalog(scope.customer):
+        return {"cve_data": "unavailable"}
+    cves_of: dict[str, list[str]] = {}
+    fixes: dict[str, int] = {}
+    for row in reader.rows("SELECT cve_id, patch_id FROM dcapi_patch_cves WHERE customer = :customer",
+                           customer=scope.customer):
+        cves_of.setdefault(row["patch_id"], []).append(row["cve_id"])
+        fixes[row["cve_id"]] = fixes.get(row["cve_id"], 0) + 1
+    # Systems missing per CVE in one pass: a count for a CVE one patch fixes, a set of systems
+    # for one that several fix (a system missing two of them is one system).
+    counts: dict[str, int] = {}
+    systems: dict[str, set[str]] = {}
+    where, params = reader.severity_filter(scope)
+    for rid, pid in reader.stream(f"SELECT resource_id, patch_id FROM dcapi_v_missing WHERE customer = :customer{where}",
+                                  "dcapi_v_missing", customer=scope.customer, **params):
+        for cve_id in cves_of.get(pid, ()):
+            if fixes[cve_id] == 1:
+                counts[cve_id] = counts.get(cve_id, 0) + 1
+            else:
+                systems.setdefault(cve_id, set()).add(rid)
+    missing = {**counts, **{cve_id: len(found) for cve_id, found in systems.items()}}
+    [affecting] = reader.rows(
+        "SELECT COUNT(DISTINCT c.cve_id) AS n FROM dcapi_patch_cves c WHERE c.customer = :customer AND EXISTS "
+        f"(SELECT 1 FROM dcapi_v_mappings v WHERE v.customer = c.customer AND v.patch_id = c.patch_id{where})",
+        "dcapi_v_mappings", customer=scope.customer, **params)
+    worst = sorted(missing, key=lambda cve_id: (-missing[cve_id], cve_id))[:scope.top]
+    top_scope = Scope(customer=scope.customer, severities=scope.severities, limit=0, sla_days=scope.sla_days)
+    return {"cve_data": "available", "cves": len(fixes), "cves_affecting": int(affecting["n"]),
+            "cves_missing": len(missing), "cves_covered": int(affecting["n"]) - len(missing),
+            "worst": [cve(reader, top_scope, cve_id) for cve_id in worst]}
+
+
+def overview(reader: Reader, scope: Scope) -> dict[str, Any]:
+    """``{"summary", "trend", "cves"}`` of the scope's customer: the HTML report's section."""
+    answer = summary(reader, scope)
+    return {"summary": answer, "trend": trend(reader, scope.customer, answer["missing_pairs"]),
+            "cves": cve_overview(reader, scope)}

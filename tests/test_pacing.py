@@ -375,7 +375,7 @@ def test_no_delay_means_no_pacer() -> None:
     ("PMP_MAX_IN_FLIGHT", "many", "PMP_MAX_IN_FLIGHT must be a positive integer, got 'many'"),
     ("PMP_MAX_IN_FLIGHT", 0, "PMP_MAX_IN_FLIGHT must be a positive integer, got 0"),
     ("PMP_RATE_MARGIN", 2, "PMP_RATE_MARGIN must be a number between 0 and 1, got 2"),
-    ("PMP_PACE_MAX_DELAY", 0.1, "PMP_PACE_MAX_DELAY must be a number at least the paced delay (0.26 s), got 0.1"),
+    ("PMP_PACE_MAX_DELAY", 0.1, "PMP_PACE_MAX_DELAY must be a number at least 0.26, got 0.1"),
 ])
 def test_bad_pace_settings_are_named(name: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -19,7 +19,7 @@ inventory, catalog, customers; every request without the ``pmp_side_request`` me
 
 Side requests (token calls, Slack posts) have their own download slots and are not paced here.
 
-Reads ``DOWNLOAD_DELAY`` (via :mod:`pmp_scrapy.config`), ``PMP_RATE_MARGIN`` (default 0.04),
+Reads ``DOWNLOAD_DELAY`` (validated by :mod:`pmp_scrapy.config`), ``PMP_RATE_MARGIN`` (default 0.04),
 ``PMP_MAX_IN_FLIGHT`` (16), ``PMP_PACE_MAX_DELAY`` (8 s), ``CONCURRENT_REQUESTS`` and
 ``AUTOTHROTTLE_ENABLED`` (both only to warn). Off (``NotConfigured``) when ``DOWNLOAD_DELAY``
 is 0: there is no rate to keep.
@@ -45,9 +45,8 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from pmp_scrapy import pacing
-from pmp_scrapy.config import get_config
-from pmp_scrapy.errors import ConfigError
+from pmp_scrapy import pacing, values
+from pmp_scrapy.config import read
 from pmp_scrapy.middlewares import SIDE_REQUEST
 
 if TYPE_CHECKING:
@@ -68,37 +67,18 @@ DEFAULT_MAX_DELAY = 8.0
 
 def max_in_flight(settings: BaseSettings) -> int:
     """The validated ``PMP_MAX_IN_FLIGHT``."""
-    raw = settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)
-    try:
-        cap = int(str(raw).strip())
-    except ValueError:
-        cap = 0
-    if cap < 1:
-        raise ConfigError(f"PMP_MAX_IN_FLIGHT must be a positive integer, got {raw!r}")
-    return cap
+    return values.integer("PMP_MAX_IN_FLIGHT", settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT), minimum=1)
 
 
 def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
     """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
     run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
-    cap = max_in_flight(settings)
-    margin = _float_setting(settings, "PMP_RATE_MARGIN", DEFAULT_RATE_MARGIN, "between 0 and 1", 0.0, 1.0)
+    margin = values.number("PMP_RATE_MARGIN", settings.get("PMP_RATE_MARGIN", DEFAULT_RATE_MARGIN),
+                           low=0.0, high=1.0)
     base = pacing.paced_delay(download_delay, margin)
-    max_delay = _float_setting(settings, "PMP_PACE_MAX_DELAY", DEFAULT_MAX_DELAY,
-                               f"at least the paced delay ({base:g} s)", base, float("inf"))
-    return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=cap)
-
-
-def _float_setting(settings: BaseSettings, name: str, default: float, bound: str, low: float,
-                   high: float) -> float:
-    raw = settings.get(name, default)
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        value = float("nan")
-    if not low <= value <= high:  # NaN fails too
-        raise ConfigError(f"{name} must be a number {bound}, got {raw!r}")
-    return value
+    max_delay = values.number("PMP_PACE_MAX_DELAY", settings.get("PMP_PACE_MAX_DELAY", DEFAULT_MAX_DELAY),
+                              low=base)
+    return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=max_in_flight(settings))
 
 
 @dataclass
@@ -120,7 +100,7 @@ class Pacer:
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
-        download_delay = get_config(crawler).download_delay
+        download_delay = float(read(crawler.settings, "DOWNLOAD_DELAY"))
         if download_delay <= 0:
             raise NotConfigured("DOWNLOAD_DELAY is 0: no request rate to pace")
         settings = crawler.settings

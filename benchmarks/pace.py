@@ -6,7 +6,8 @@ strict rate limiter on (4 a second, HTML throttle page); the crawl is a real ``s
 subprocess with the pacer and the no-silent-retry download handler enabled (until settings.py
 registers them, through ``-s``). Prints, per latency: wall time (process start to exit) and
 the server's span (first arrival to last answer) against the rate limit's bound (pages ×
-0.25 s; the pacer's 4 % margin alone makes 1.04×), peak RSS of the crawl process (``VmHWM`` sampled from /proc), the most
+0.25 s; the pacer's 4 % margin alone makes 1.04×) and against what all its PMP requests
+(inventory, catalog, retries too) need at 4 a second, peak RSS of the crawl process (``VmHWM`` sampled from /proc), the most
 requests the server held at once and the most arrivals in any one second (both from the
 simulator's own record), requests it refused for rate, and the requests in flight over time.
 
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,20 @@ class Sweep:
     most_in_a_second: int
     refused: int
     connections: int  # TCP connections the requests came on
+    requests: dict[str, int]  # PMP requests by kind (pages, inventory, catalog ...), retries included
     in_flight: list[int]  # held by the server, every TIMELINE_STEP seconds
 
     def lines(self) -> list[str]:
         bound = self.pages * LIMIT_DELAY
         verdict = "within" if self.peak_rss_mb < RSS_BUDGET_MB else "OVER"
+        every = sum(self.requests.values()) * LIMIT_DELAY
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.requests.items()))
         return [
             (f"{self.label:<24} exit={self.exit_code} wall={self.wall_s:6.1f}s ({self.wall_s / bound:.2f}x the "
              f"bound {bound:.1f}s); server span={self.span_s:6.1f}s ({self.span_s / bound:.2f}x) "
              f"pages={self.pages} gaps={self.gaps}"),
+            (f"{'':<24} requests: {kinds}; at 4 a second they need {every:.1f}s: span {self.span_s / every:.2f}x "
+             f"that"),
             (f"{'':<24} peak RSS {self.peak_rss_mb:.1f} MB ({verdict} {RSS_BUDGET_MB:.0f} MB); "
              f"most held at once {self.most_at_once}; most arrivals in 1 s {self.most_in_a_second}; "
              f"refused for rate {self.refused}; {self.connections} connections"),
@@ -156,6 +163,7 @@ def sweep(label: str, scenario: Scenario, extra: dict[str, str]) -> Sweep:
                  most_at_once=max(held_at(records, r["t"]) for r in records),
                  most_in_a_second=most_in_window([r["t"] for r in records]), refused=refused,
                  connections=len({r["connection"] for r in records}),
+                 requests=dict(Counter(r["kind"] for r in records)),
                  in_flight=[held_at(records, first + k * TIMELINE_STEP) for k in range(steps)])
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy.commands import ScrapyCommand
@@ -38,7 +40,8 @@ from pmp_scrapy.reporting.render import to_csv, to_json, to_table
 from pmp_scrapy.reporting.sla import SETTING as SLA_SETTING
 from pmp_scrapy.reporting.sla import parse_sla_days
 from pmp_scrapy.storage.engine import safe_url
-from pmp_scrapy.storage.report_reader import Reader, Scope, UnknownSubject, reading
+from pmp_scrapy.storage.report_overview import overview
+from pmp_scrapy.storage.report_reader import Reader, Scope, UnknownSubject, reading, utcnow
 from pmp_scrapy.storage.report_subjects import bulletin, cve, patch, system
 from pmp_scrapy.storage.reports import summary
 from pmp_scrapy.storage.status import NoExtractionData
@@ -81,6 +84,16 @@ def answer(reader: Reader, form: str, key: str | None, scope: Scope, *, rows: bo
         return summary(reader, scope, every_system=rows)
     assert key is not None
     return _FORMS[form](reader, scope, key)
+
+
+def write_html(url: str, path: str, scope: Scope, *, every_customer: bool) -> Path:
+    """Write the HTML report of ``scope``'s customer, or of every customer, to ``path`` (0600)."""
+    from pmp_scrapy.reporting.html import render_html, write_private  # Jinja2 only when asked
+
+    with reading(url) as reader:
+        names = (reader.customers() or [""]) if every_customer else [scope.customer]
+        sections = [overview(reader, replace(scope, customer=name)) for name in names]
+    return write_private(path, render_html(sections, database=safe_url(url), now=utcnow()))
 
 
 class Command(ScrapyCommand):
@@ -129,14 +142,11 @@ class Command(ScrapyCommand):
             limit = parse_limit(opts.limit)
             if opts.html and form != "summary":
                 raise ConfigError(f"--html writes the whole report; it takes no --{form}")
+            scope = Scope(customer=opts.customer or "", severities=severities, limit=limit, sla_days=sla_days)
             if opts.html:
-                from pmp_scrapy.reporting.html import write_report  # Jinja2 only when asked
-
-                written = write_report(url, opts.html, customer=opts.customer, severities=severities,
-                                       limit=limit, sla_days=sla_days)
+                written = write_html(url, opts.html, scope, every_customer=opts.customer is None)
                 print(f"pmp_scrapy report: wrote {written}")
                 return
-            scope = Scope(customer=opts.customer or "", severities=severities, limit=limit, sla_days=sla_days)
             with reading(url) as reader:
                 result = answer(reader, form, getattr(opts, form, None), scope, rows=opts.output == "csv")
         except NoExtractionData as exc:

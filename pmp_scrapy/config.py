@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from scrapy.settings import SETTINGS_PRIORITIES
 
 from pmp_scrapy import values as v
+from pmp_scrapy.catalog import catalog_page_limit
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.values import DEMO_DATABASE_URL, derive_accounts_url, is_loopback_host, parse_flag
 
@@ -83,6 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_ACCOUNTS_URL", None, _text, "accounts_url"),
     Setting("PMP_DATABASE_URL", None, lambda name, value: v.database_url(value), "database_url"),
     Setting("PMP_PAGE_LIMIT", 30, _positive, "page_limit"),
+    Setting("PMP_CATALOG_PAGE_LIMIT", 1000, catalog_page_limit, "catalog_page_limit"),
     Setting("PMP_BATCH_PAGES", 50, _non_negative, "batch_pages"),
     Setting("PMP_CHECKPOINT_EVERY", 10, _positive, "checkpoint_every"),
     Setting("PMP_COVERAGE_TARGET", 0.95, _fraction, "coverage_target"),
@@ -92,18 +94,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_MAX_ATTEMPTS", 3, _positive, "max_attempts"),
     Setting("PMP_BACKOFF_BASE", 1.0, _seconds, "backoff_base"),
     Setting("PMP_MAX_RETRY_AFTER", 300, _seconds, "max_retry_after"),
+    Setting("PMP_REFRESH_INTERVAL", 86400, _seconds, "refresh_interval"),
+    Setting("PMP_MAX_RETIRE_SHARE", 0.2, lambda name, value: v.number(name, value, low=0.0, high=1.0),
+            "max_retire_share"),
     Setting("PMP_CUSTOMER", None, _text, "customer"),
     Setting("PMP_RESET", False, parse_flag, "reset", env=False),
     Setting("PMP_DEMO", False, parse_flag, "demo", env=False),
     Setting("POST_EXTRACTION_HOOK", None, _text, "post_extraction_hook"),
     Setting("PMP_HOOK_TIMEOUT", 300, _positive_seconds, "hook_timeout"),
-    Setting("PMP_SQLITE_BUSY_TIMEOUT", 15, _seconds, "sqlite_busy_timeout"),
+    Setting("PMP_SQLITE_BUSY_TIMEOUT", 15, _seconds, "sqlite_busy_timeout"),  # PMP_DB_TIMEOUT's old name
+    Setting("PMP_DB_TIMEOUT", None, lambda name, value: None if value in (None, "") else _positive_seconds(name, value),
+            "db_timeout"),  # every database wait (storage.engine); unset: PMP_SQLITE_BUSY_TIMEOUT
     Setting("PMP_PROGRESS", "auto", _one_of("auto", "on", "off"), "progress"),
     Setting("PMP_SLACK_MIN_INTERVAL", 60, _seconds, "slack_min_interval"),
     # Read by the logging add-on alone (before anything else), see load_log_options.
     Setting("PMP_LOG_FORMAT", "auto", _one_of("auto", "json", "console"), None),
     Setting("PMP_LOG_ROTATE", "daily", _one_of("daily", "off"), None),
     Setting("PMP_LOG_BACKUPS", 14, _non_negative, None),
+    # The pace (read by the Pacer extension and the download handler).
+    Setting("PMP_MAX_IN_FLIGHT", 16, _positive, None),
+    Setting("PMP_RATE_MARGIN", 0.04, lambda name, value: v.number(name, value, low=0.0, high=1.0), None),
+    Setting("PMP_PACE_MAX_DELAY", 8.0, _positive_seconds, None),
     # Scrapy's own, validated here so a bad value is one line naming it (at most 4 requests a second).
     Setting("DOWNLOAD_DELAY", 0.25, _seconds, None),
 )
@@ -165,6 +176,8 @@ class PMPConfig:
     max_attempts: int
     backoff_base: float
     max_retry_after: float
+    refresh_interval: float
+    max_retire_share: float
     customer: str | None
     reset: bool
     demo: bool
@@ -173,6 +186,14 @@ class PMPConfig:
     sqlite_busy_timeout: float
     progress: str
     slack_min_interval: float
+    #: patches per catalog page (/dcapi/threats/patches, at most 1000); 0: no catalog sweep
+    catalog_page_limit: int = 1000
+    #: PMP_DB_TIMEOUT; when set it is also ``sqlite_busy_timeout``, the one database timeout
+    db_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.db_timeout is not None:  # PMP_DB_TIMEOUT wins over its old name
+            object.__setattr__(self, "sqlite_busy_timeout", self.db_timeout)
 
     @property
     def token_url(self) -> str:

@@ -91,7 +91,7 @@ class JsonLogFormatter(JsonFormatter):
 
     def __init__(self) -> None:
         super().__init__(reserved_attrs=[*RESERVED_ATTRS, *_OBJECT_EXTRAS, "taskName", "event_type",
-                                         "snapshot_id", "customer"])
+                                         "snapshot_id", "customer", "summary_line"])
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
@@ -123,6 +123,26 @@ class ConsoleLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
+
+
+class TerminalFilter(logging.Filter):
+    """What a person at a terminal reads: warnings and errors, and the project's own few
+    milestones (batch start, new snapshot, a tenant change). Scrapy's start-up lines and stats
+    dump, and per-page progress (the bar shows it), stay out unless ``LOG_LEVEL=DEBUG``; a log
+    file and JSON output keep everything."""
+
+    CHATTY_EVENTS = frozenset({"extraction_progress", "checkpoint_saved", "token_refresh", "gap_resolved",
+                               "demo_started", "views_created", "hook_started", "hook_finished", "hook_skipped",
+                               "catalog_finished", "catalog_page_committed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if not record.name.startswith("pmp_scrapy"):
+            return False
+        if getattr(record, "summary_line", False):
+            return False  # the crawl command prints the summary itself
+        return getattr(record, "event_type", None) not in self.CHATTY_EVENTS
 
 
 class _PrivateFileMixin:
@@ -201,7 +221,10 @@ def build_handler(settings: BaseSettings) -> logging.Handler:
             handler = RichHandler(console=console(), show_path=False, markup=False,
                                   rich_tracebacks=False, log_time_format="%H:%M:%S")
             handler.setFormatter(ConsoleLogFormatter(with_time=False))
-            handler.setLevel(settings.get("LOG_LEVEL", "DEBUG"))
+            level = settings.get("LOG_LEVEL", "DEBUG")
+            handler.setLevel(level)
+            if str(level).upper() != "DEBUG":
+                handler.addFilter(TerminalFilter())
             return handler
         handler = StderrHandler()
     else:

@@ -15,11 +15,14 @@ MIN_SECRET_LENGTH = 6  # shorter values would mask ordinary words
 
 
 class SecretRegistry:
-    """The values to mask, and the forms they take in URLs and JSON."""
+    """The values to mask, and the forms they take in URLs and JSON; and the operator's own hosts
+    (the PMP server, the accounts server, the database), which log lines may name: redaction of
+    addresses is for third-party data in responses, not for the operator's own configuration."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
         self._ordered: list[str] = []
+        self.operator_hosts: set[str] = set()
 
     def register(self, value: str | None) -> None:
         """Mask ``value`` (and its JSON-escaped and URL-encoded forms) from now on."""
@@ -55,6 +58,22 @@ def mask_secrets(text: str) -> str:
     return REGISTRY.mask(text)
 
 
+def register_operator_host(host: str | None) -> None:
+    """Let log lines name ``host`` (an address the operator configured) instead of ``[ip]``."""
+    if host:
+        REGISTRY.operator_hosts.add(host)
+
+
 def scrub(text: str) -> str:
-    """Redaction and secret masking: what any text must go through before it leaves the process."""
-    return mask_secrets(redact(text))
+    """Redaction and secret masking: what any log line goes through before it leaves the process.
+    The operator's own hosts stay readable ("connection to server at 10.0.0.5 refused")."""
+    kept: dict[str, str] = {}
+    for index, host in enumerate(sorted(REGISTRY.operator_hosts, key=len, reverse=True)):
+        if host in text:
+            placeholder = f"\x00host{index}\x00"
+            kept[placeholder] = host
+            text = text.replace(host, placeholder)
+    text = mask_secrets(redact(text))
+    for placeholder, host in kept.items():
+        text = text.replace(placeholder, host)
+    return text

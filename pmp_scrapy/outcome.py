@@ -2,6 +2,9 @@
 
 Exit codes (contract): 0 done (batch done with no open gap, or target already met), 1 fatal,
 2 partial (pages skipped, an interrupted run, or a complete sweep below the coverage target).
+A fatal stop wins over the close reason (a final commit that fails while the spider closes
+"finished" is exit 1), and a "finished" run that planned pages it neither stored nor recorded as
+gaps is exit 1, never 0. The run record's own failure is applied by the checkpoint extension.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pmp_scrapy.coverage import format_pct, stall_explanation
 FATAL_REASONS = frozenset({"pmp_auth_failed", "pmp_token_refresh_failed", "pmp_database_error",
                            "pmp_config_error"})
 TARGET_MET_REASON = "pmp_target_met"
+SKIPPED_REASON = "pmp_run_skipped"  # another run of the tenant holds its lock
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,13 @@ class RunFacts:
     total_records: int | None
     target: float
     target_met: bool
+    reconcile_refused: str | None = None  # why the end of the snapshot retired nothing
+    #: why the run stopped itself, also when that came during the close (the final commit)
+    abort_reason: str | None = None
+    #: system-report pages the run planned (None while their count is unknown) and that reached
+    #: the pipeline (stored or a gap): a "finished" run with fewer dropped some silently
+    pages_planned: int | None = None
+    pages_settled: int = 0
 
 
 def decide_outcome(facts: RunFacts) -> Outcome:
@@ -51,11 +62,22 @@ def decide_outcome(facts: RunFacts) -> Outcome:
     total = facts.total_systems
     if reason == TARGET_MET_REASON:
         return Outcome(0, f"coverage target already met ({facts.coverage} of {total} systems)", "target_met")
+    if reason == SKIPPED_REASON:
+        return Outcome(0, facts.abort_message or "another run of this tenant is in progress", "run_skipped")
     if reason in FATAL_REASONS:
         return Outcome(1, facts.abort_message or reason, "batch_complete")
+    if facts.abort_reason in FATAL_REASONS:  # e.g. the final commit failed while the spider closed
+        return Outcome(1, facts.abort_message or facts.abort_reason, "batch_complete")
     if reason != "finished":
         return Outcome(2, f"the run was interrupted ({reason}); the next run resumes from the checkpoint",
                        "batch_complete")
+    missing = (facts.pages_planned or 0) - facts.pages_settled
+    if missing > 0:  # the invariant: every planned page is committed or a gap before exit 0 (or 2)
+        return Outcome(1, f"{missing} of {facts.pages_planned} planned page(s) were neither stored nor recorded as "
+                          "a gap (see the log); the checkpoint stays before them, so the next run asks for them "
+                          "again", "batch_complete")
+    if facts.reconcile_refused:
+        return Outcome(2, facts.reconcile_refused, "batch_complete")
     if facts.gaps_open:
         return Outcome(2, f"{facts.gaps_open} page(s) ended as gaps; the next run of this snapshot retries them "
                           "(see `scrapy status`)", "batch_complete")

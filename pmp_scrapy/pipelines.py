@@ -21,10 +21,11 @@ from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.extensions.checkpoint import Checkpoints
-from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.items import CatalogGap, CatalogPage, CatalogUnavailable, InventoryTotal, PageGap, PatchPage
 from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, CheckpointResult
+from pmp_scrapy.storage.batch import Reconciliation
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -79,6 +80,8 @@ class MappingPipeline:
             self.run.managed_total = item.managed_total
             await self._write(self.store.set_managed_total, item.snapshot_id, item.managed_total)
             return item
+        if isinstance(item, (CatalogPage, CatalogGap, CatalogUnavailable)):
+            return await self._process_catalog(item)
         if not isinstance(item, (PatchPage, PageGap)):
             return item
         # Pages join batches in the order they arrive (asyncio.Lock wakes its waiters in order),
@@ -98,8 +101,10 @@ class MappingPipeline:
         batch = self._current_batch()
         if isinstance(item, PatchPage):
             rows = item.rows
-            batch.add_mappings(rows.mappings)
-            batch.systems.extend(rows.systems)
+            for system in rows.systems:
+                system["total_records"] = item.total_records  # which state of the tenant it was seen in
+            batch.add_page(rows.mappings, rows.systems)
+            batch.page_totals[item.page] = item.total_records
             batch.total_pages = self.run.total_pages = item.total_pages
             batch.total_records = self.run.total_records = item.total_records
             if item.retried_gap:
@@ -121,6 +126,71 @@ class MappingPipeline:
                 self._pages.append(item.page)
         self._page_count += 1
 
+    # --- the patch catalog: each answer its own small transaction, one commit at a time ---------------
+    async def _process_catalog(self, item: CatalogPage | CatalogGap | CatalogUnavailable) -> Any:
+        """Store one catalog answer (rows, a gap of page_num -N, or "unavailable") and, with the
+        sweep's last answer, the snapshot's ``catalog_state``."""
+        from pmp_scrapy.storage.catalog import CatalogCommit
+
+        customer = self.config.customer_key
+        if isinstance(item, CatalogUnavailable):
+            commit = CatalogCommit(customer, item.snapshot_id, 0, unavailable=True)
+        elif isinstance(item, CatalogGap):
+            commit = CatalogCommit(customer, item.snapshot_id, item.page, end=item.end, gap={
+                "error_type": item.error_type, "error_message": item.error_message,
+                "response_sample": item.response_sample, "attempts": item.attempts, "http_status": item.http_status})
+        else:
+            commit = CatalogCommit(customer, item.snapshot_id, item.page, rows=item.rows, end=item.end)
+        async with self._admit:
+            if self._failed:
+                raise DropItem("the database failed earlier in this run; nothing more is stored")
+            try:
+                result = await run_in_thread(self.store.commit_catalog_page, commit)
+            except StorageError as exc:
+                self._failed = True
+                stop_run(self.crawler, "pmp_database_error", str(exc))
+                return item
+        self._record_catalog(item, result)
+        return item
+
+    def _record_catalog(self, item: CatalogPage | CatalogGap | CatalogUnavailable, result: Any) -> None:
+        """What a catalog commit changed, in the run record (gaps count as a page's would) and stats."""
+        run, stats = self.run, self.stats
+        if isinstance(item, CatalogUnavailable):
+            stats.set_value("pmp/catalog/state", "unavailable")
+            return
+        if -item.page in self.plan.retry_pages:
+            run.pages_settled += 1
+        if isinstance(item, CatalogGap):
+            run.gaps_settled += 1
+            run.gaps_opened += 1
+        else:
+            stats.inc_value("pmp/catalog/patches", result.patches)
+            stats.inc_value("pmp/catalog/cves", result.cves)
+            if item.rows.skipped:
+                stats.inc_value("pmp/catalog/skipped_patches", item.rows.skipped)
+        if result.healed:
+            run.gaps_resolved += 1
+            logger.info("gap on catalog page %d healed", item.page,
+                        extra={"event_type": "gap_resolved", "page": -item.page, "endpoint": "catalog"})
+        stats.set_value("pmp/gaps_recorded", run.gaps_opened)
+        stats.set_value("pmp/gaps_healed", run.gaps_resolved)
+        if item.end is None:
+            return
+        state = result.state
+        stats.set_value("pmp/catalog/state", state)
+        if result.prune_skipped:
+            logger.warning("catalog complete, but patches it no longer lists were kept: %s", result.prune_skipped,
+                           extra={"event_type": "catalog_prune_skipped", "reason": result.prune_skipped})
+        logger.info(
+            "patch catalog %s: %s", state or "unfinished",
+            {"complete": f"{result.pruned} patch(es) no longer listed were removed",
+             "partial": f"{result.open_gaps} page(s) are gaps; the next run of this snapshot retries them",
+             None: "the page count never came; the next run of this snapshot sweeps the catalog again"}.get(state, ""),
+            extra={"event_type": "catalog_finished", "catalog_state": state, "open_gaps": result.open_gaps,
+                   "pruned": result.pruned},
+        )
+
     async def close_spider(self) -> None:
         """Commit whatever is buffered, so a clean stop loses nothing."""
         async with self._admit:
@@ -128,7 +198,8 @@ class MappingPipeline:
 
     def _current_batch(self) -> Batch:
         if self._batch is None:
-            self._batch = Batch(snapshot_id=self.plan.snapshot_id, customer=self.config.customer_key)
+            self._batch = Batch(snapshot_id=self.plan.snapshot_id, customer=self.config.customer_key,
+                                max_retire_share=self.config.max_retire_share)
         return self._batch
 
     async def flush(self) -> None:
@@ -177,6 +248,13 @@ class MappingPipeline:
         run.systems_extracted = result.systems_extracted
         run.patches_extracted = result.patches_extracted
         run.snapshot_complete = run.snapshot_complete or result.snapshot_complete
+        changes = result.changes
+        if changes is not None:
+            for key in ("new", "changed", "status_changes", "retired", "returned"):
+                if getattr(changes, key):
+                    self.stats.inc_value(f"pmp/mappings_{key}", getattr(changes, key))
+        if result.reconciliation is not None:
+            self._report_reconciliation(result.reconciliation)
         for key, value in (("pages_committed", run.pages_committed), ("mappings_upserted", run.mappings_upserted),
                            ("gaps_recorded", run.gaps_opened), ("gaps_healed", run.gaps_resolved),
                            ("checkpoint_page", result.last_page), ("coverage", result.coverage),
@@ -184,6 +262,20 @@ class MappingPipeline:
                            ("patches_extracted", result.patches_extracted),
                            ("snapshot_complete", run.snapshot_complete)):
             self.stats.set_value(f"pmp/{key}", value)
+
+    def _report_reconciliation(self, outcome: Reconciliation) -> None:
+        self.run.reconciliation = outcome
+        if outcome.state == "refused":
+            logger.warning("reconciliation refused: %s", outcome.message,
+                           extra={"event_type": "reconcile_refused", "present_systems": outcome.present_systems})
+            return
+        self.stats.set_value("pmp/retired_systems", outcome.retired_systems)
+        logger.info("snapshot reconciled: %d system(s) no longer reported were retired with %d mapping(s); "
+                    "%d present", outcome.retired_systems, outcome.retired_mappings, outcome.present_systems,
+                    extra={"event_type": "snapshot_reconciled", "summary_line": not outcome.retired_systems,
+                           "retired_systems": outcome.retired_systems,
+                           "retired_mappings": outcome.retired_mappings,
+                           "present_systems": outcome.present_systems})
 
     async def _write(self, fn: Any, *args: Any) -> None:
         try:

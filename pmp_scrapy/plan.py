@@ -10,6 +10,7 @@ up to it is committed or a gap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 
 class Watermark:
@@ -44,12 +45,18 @@ class RunState:
 
     snapshot_id: int | None = None
     snapshot_state: str | None = None
+    catalog_state: str | None = None  # the snapshot's patch catalog: None (not swept), complete, partial, unavailable
     last_page: int | None = None
     total_pages: int | None = None
     managed_total: int | None = None
     page_limit: int | None = None
     open_gap_pages: list[int] = field(default_factory=list)
     orphan_checkpoint_snapshot: int | None = None
+    #: when the customer's latest complete snapshot completed (naive UTC), or None
+    last_complete_at: datetime | None = None
+    #: page -> totalRecords it was answered with, for the latest snapshot's pages
+    page_totals: dict[int, int] = field(default_factory=dict)
+    total_records: int | None = None
 
 
 @dataclass
@@ -64,6 +71,9 @@ class RunPlan:
     known_managed_total: int | None = None
     new_snapshot: bool = False
     watermark: Watermark = field(default_factory=Watermark)
+    page_limit: int = 30  # the snapshot's page size (pageLimit), kept for its whole life
+    #: page -> totalRecords it was answered with, in earlier runs of this snapshot
+    known_page_totals: dict[int, int] = field(default_factory=dict)
 
     def planned_pages(self, total_pages: int | None) -> int | None:
         """Pages this run will settle: its range of new pages plus the gaps it retries, or
@@ -90,6 +100,7 @@ class PlanDecision:
     first_page: int | None
     retry_pages: tuple[int, ...]
     invalid_checkpoint: bool = False
+    idle_reason: str | None = None  # set: the run sends nothing (target met and data fresh)
 
 
 def _checkpoint_problem(state: RunState) -> str | None:
@@ -105,8 +116,26 @@ def _checkpoint_problem(state: RunState) -> str | None:
     return None
 
 
-def decide(state: RunState, *, reset: bool) -> PlanDecision:
-    """Continue the current snapshot, retry its open gaps, or start a new snapshot."""
+def stale_pages(page_totals: dict[int, int], total_records: int | None, total_pages: int | None) -> list[int]:
+    """Pages answered with another ``totalRecords`` than the latest: read before the tenant
+    changed, so systems may have shifted past them (DCAPI pages are positions in a sorted list)."""
+    if total_records is None:
+        return []
+    return sorted(page for page, total in page_totals.items()
+                  if total != total_records and (total_pages is None or page <= total_pages))
+
+
+def _age_seconds(completed_at: datetime | None, now: datetime) -> float | None:
+    return None if completed_at is None else (now - completed_at).total_seconds()
+
+
+def decide(state: RunState, *, reset: bool, target_met: bool = False, refresh_interval: float = 0,
+           now: datetime | None = None) -> PlanDecision:
+    """Continue the current sweep, retry its open gaps, idle, or start a new snapshot.
+
+    A sweep in progress is always continued until complete, whatever the coverage. Once the latest
+    sweep is complete with no open gap, a run idles while the target is met and that sweep is
+    younger than ``refresh_interval`` seconds (0: never refresh, the spec's stop-forever)."""
     abandon = state.snapshot_id if state.snapshot_state == "running" else None
     if reset:
         return PlanDecision("reset requested", abandon, 1, ())
@@ -115,15 +144,45 @@ def decide(state: RunState, *, reset: bool) -> PlanDecision:
         return PlanDecision(problem, abandon, 1, (), invalid_checkpoint=True)
     if state.snapshot_id is None:
         return PlanDecision("first run", None, 1, ())
-    if state.snapshot_state != "running":
-        if state.open_gap_pages:
-            return PlanDecision(None, None, None, tuple(state.open_gap_pages))
-        return PlanDecision("the previous sweep is complete", None, 1, ())
-    return PlanDecision(None, None, (state.last_page or 0) + 1, tuple(state.open_gap_pages))
+    if state.snapshot_state == "running":
+        last = state.last_page or 0
+        if state.total_pages is not None and last >= state.total_pages:
+            # Every page is in, but some were read before the tenant changed: read them again.
+            shifted = stale_pages(state.page_totals, state.total_records, state.total_pages)
+            return PlanDecision(None, None, None, tuple(sorted(set(state.open_gap_pages) | set(shifted))))
+        return PlanDecision(None, None, last + 1, tuple(state.open_gap_pages))
+    if state.open_gap_pages:
+        return PlanDecision(None, None, None, tuple(state.open_gap_pages))
+    age = _age_seconds(state.last_complete_at, now or datetime.now(timezone.utc).replace(tzinfo=None))
+    if target_met:
+        if refresh_interval <= 0:
+            return PlanDecision(None, None, None, (), idle_reason="target met (PMP_REFRESH_INTERVAL=0: never refresh)")
+        if age is not None and age < refresh_interval:
+            return PlanDecision(None, None, None, (), idle_reason=(
+                f"target met and the data is {format_age(age)} old; the next sweep is due in "
+                f"{format_age(refresh_interval - age)}"))
+        if age is not None:
+            return PlanDecision(f"refresh: the last complete sweep is {format_age(age)} old "
+                                f"(PMP_REFRESH_INTERVAL {refresh_interval:g} s)", None, 1, ())
+    return PlanDecision("the previous sweep is complete", None, 1, ())
 
 
-def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_pages: int) -> RunPlan:
-    """The plan of ``decision`` for ``snapshot_id`` (a new one when the decision says so)."""
+def format_age(seconds: float) -> str:
+    """A duration for people: 45 s, 12 min, 5.2 h, 3.1 days."""
+    seconds = max(seconds, 0.0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_pages: int,
+              page_limit: int) -> RunPlan:
+    """The plan of ``decision`` for ``snapshot_id`` (a new one when the decision says so). A new
+    snapshot takes ``page_limit`` (``PMP_PAGE_LIMIT``); a continued one keeps its own."""
     first = decision.first_page
     batch_end = first + batch_pages - 1 if (first is not None and batch_pages) else None
     new = decision.new_snapshot_reason is not None
@@ -133,4 +192,6 @@ def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_p
         known_total_pages=None if new else state.total_pages,
         known_managed_total=state.managed_total, new_snapshot=new,
         watermark=Watermark((first or 1) - 1),
+        page_limit=page_limit if new or not state.page_limit else state.page_limit,
+        known_page_totals={} if new else dict(state.page_totals),
     )

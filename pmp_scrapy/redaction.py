@@ -1,10 +1,13 @@
 """Redaction of personal data and secrets in text that leaves the process (stored response
-samples, log lines). One rule set, used everywhere."""
+samples, log lines). One rule set, used everywhere; :func:`response_sample` also masks the
+registered secrets by value and makes the sample storable. Reads and writes nothing."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+
+from pmp_scrapy.values_guard import storable_text
 
 SAMPLE_LIMIT = 1024  # bytes, contract: response_sample is at most 1 KB
 
@@ -36,13 +39,28 @@ def redact(text: str) -> str:
 
 
 def response_sample(body: bytes | str | None, limit: int = SAMPLE_LIMIT) -> str:
-    """A redacted sample of a response body, at most ``limit`` bytes of UTF-8."""
+    """A sample of a response body for storage and logs, at most ``limit`` bytes of UTF-8:
+    registered secrets masked by value (:mod:`pmp_scrapy.masking`: a 400 body may echo the access
+    token), then emails, IP addresses and credential-looking values redacted, then made storable
+    (:func:`pmp_scrapy.values_guard.storable_text`: no NUL, no lone surrogate)."""
     if not body:
         return ""
-    if isinstance(body, bytes):
-        # Redact a generous head first, so an address cut at the limit never leaks half.
-        text = body[: limit * 4].decode("utf-8", errors="replace")
-    else:
-        text = body[: limit * 4]
-    encoded = redact(text).encode("utf-8")[:limit]
+    # Clean a generous head, and a longer one if masking shrank it below twice the limit, so
+    # that a secret or an address cut at the end of the head never shows in the sample.
+    window = limit * 4
+    while True:
+        head = body[:window]
+        text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+        cleaned = _clean(text)
+        if len(body) <= window or len(cleaned) >= 2 * limit:
+            break
+        window *= 4
+    encoded = cleaned.encode("utf-8")[:limit]
     return encoded.decode("utf-8", errors="ignore")
+
+
+def _clean(text: str) -> str:
+    """``text`` masked, redacted and storable (no length limit)."""
+    from pmp_scrapy.masking import mask_secrets  # masking builds on this module's redact
+
+    return storable_text(redact(mask_secrets(text)), limit=len(text) + 1)

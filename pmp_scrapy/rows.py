@@ -1,14 +1,22 @@
 """Turns systems as DCAPI sends them into mapping rows (no HTTP, no SQL).
 
 The spider calls :func:`page_rows` as soon as a page is parsed, so a page's JSON lives only
-for the moment it takes to read it; from then on only the compact rows travel (spec NFR-1)."""
+for the moment it takes to read it; from then on only the compact rows travel (spec NFR-1).
+Every value passes :mod:`pmp_scrapy.values_guard` on its way into a row: texts are made storable
+(and the repairs counted in :attr:`PageRows.repaired`), ids that are not finite scalars skip
+their patch or system with a warning, and a value that cannot be read at all makes the page an
+``invalid_payload`` gap naming the field."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from pmp_scrapy.envelope import PayloadError
+from pmp_scrapy.values_guard import id_text, one_line, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +28,8 @@ MAPPING_ROW_FIELDS: tuple[str, ...] = ("resource_id", "patch_id", *MAPPING_FIELD
 
 
 def as_text(value: Any) -> str | None:
-    """Store what the server sends, as text: ids arrive as numbers or strings."""
+    """What the server sends, as text (ids arrive as numbers or strings; objects and arrays as
+    their JSON), not yet made storable: rows use :func:`field_text`."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -41,28 +50,38 @@ MappingRow = tuple[str | None, ...]
 _SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "vendor_name"})
 
 
+def field_text(value: Any, repairs: Counter[str] | None = None) -> str | None:
+    """A field value as stored: :func:`as_text`, then made storable (:func:`storable_text`)."""
+    text = as_text(value)
+    return None if text is None else storable_text(text, repairs)
+
+
 # One string object per distinct patch name, severity, vendor... for the whole run. Not
 # sys.intern: thousands of patch names would grow the interpreter's own table for good.
 _shared_strings: dict[str, str] = {}
 _SHARED_LIMIT = 200_000  # a catalog far larger than any PMP's; past it, start afresh
 
 
-def _shared_text(value: Any) -> str | None:
-    text = as_text(value)
-    if text is None:
-        return None
+def _share(text: str) -> str:
+    """The run's one string object equal to ``text``."""
     if len(_shared_strings) >= _SHARED_LIMIT:
         _shared_strings.clear()
     return _shared_strings.setdefault(text, text)
 
 
+def _shared_text(value: Any, repairs: Counter[str] | None = None) -> str | None:
+    text = field_text(value, repairs)
+    return None if text is None else _share(text)
+
+
 # How each column after the key is read: shared or plain text, decided once, not per patch.
-_COLUMNS = tuple((column, _shared_text if column in _SHARED else as_text) for column in MAPPING_FIELDS)
+_COLUMNS = tuple((column, _shared_text if column in _SHARED else field_text) for column in MAPPING_FIELDS)
 
 
 @dataclass
 class PageRows:
-    """The rows of one page and what was skipped."""
+    """The rows of one page, what was skipped and how many values were repaired, by kind
+    (:data:`pmp_scrapy.values_guard.REPAIR_KINDS`)."""
 
     mappings: list[MappingRow] = field(default_factory=list)
     systems: list[dict[str, Any]] = field(default_factory=list)
@@ -70,43 +89,84 @@ class PageRows:
     skipped_systems: int = 0
     duplicate_patches: int = 0
     empty_systems: int = 0
+    repaired: Counter[str] = field(default_factory=Counter)
+
+    def __repr__(self) -> str:
+        # Short on purpose: a page item is logged whole wherever Scrapy logs an item (an error in
+        # the pipeline), and a page's rows run to hundreds of kilobytes.
+        return (f"PageRows({len(self.systems)} systems, {len(self.mappings)} mappings, "
+                f"{self.skipped_systems + self.skipped_patches} skipped)")
 
 
 def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
-    """Normalise a page's systems; warn about what cannot be stored."""
+    """Normalise a page's systems; warn about what cannot be stored.
+
+    Raises :class:`~pmp_scrapy.envelope.PayloadError` (``invalid_payload``) naming the field when
+    a value cannot be read at all: the page is then a gap, never partly stored."""
     result = PageRows()
-    for system in systems:
-        resource_id = as_text(system.get("resource_id"))
-        name = as_text(system.get("resource_name"))
-        if not resource_id:
-            result.skipped_systems += 1
-            logger.warning("page %d: a system without resource_id (%r) was skipped", page, name,
-                           extra={"event_type": "system_skipped", "page": page})
-            continue
-        patches = system.get("patches")
-        if not isinstance(patches, list):
-            patches = []
-        by_patch: dict[str, MappingRow] = {}
-        for patch in patches:
-            patch_id = as_text(patch.get("patch_id")) if isinstance(patch, dict) else None
-            if not patch_id:
-                result.skipped_patches += 1
-                logger.warning("page %d: system %s (%s) has a patch without patch_id; skipped", page,
-                               resource_id, name, extra={"event_type": "patch_skipped", "page": page,
-                                                         "resource_id": resource_id})
-                continue
-            if patch_id in by_patch:
-                result.duplicate_patches += 1
-            # The same patch, severity and vendor recur on thousands of systems: one string
-            # each keeps a buffered batch small (spec NFR-1, peak RSS).
-            by_patch[patch_id] = (resource_id, _shared_text(patch_id),
-                                  *(convert(patch.get(column)) for column, convert in _COLUMNS))
-        if not by_patch:
-            result.empty_systems += 1
-            logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,
-                           extra={"event_type": "system_without_patches", "page": page,
-                                  "resource_id": resource_id})
-        result.mappings.extend(by_patch.values())
-        result.systems.append({"resource_id": resource_id, "resource_name": name,
-                               "patch_count": len(by_patch), "last_seen_page": page})
+    for index, system in enumerate(systems):
+        try:
+            _add_system(result, system, page)
+        except Exception as exc:  # anything a hostile value provokes, named by its field
+            where = _locate(system)
+            raise PayloadError("invalid_payload", one_line(
+                f"systemreport[{index}]{where} could not be read: {type(exc).__name__} ({exc})")) from None
     return result
+
+
+def _add_system(result: PageRows, system: dict[str, Any], page: int) -> None:
+    """One system's rows (or its skip) into ``result``."""
+    repairs = result.repaired
+    resource_id, why = id_text(system.get("resource_id"), repairs)
+    name = field_text(system.get("resource_name"), repairs)
+    if resource_id is None:
+        result.skipped_systems += 1
+        logger.warning("page %d: a system whose resource_id is %s (%r) was skipped", page, why, name,
+                       extra={"event_type": "system_skipped", "page": page})
+        return
+    patches = system.get("patches")
+    if not isinstance(patches, list):
+        patches = []
+    by_patch: dict[str, MappingRow] = {}
+    for patch in patches:
+        patch_id, why = id_text(patch.get("patch_id"), repairs) if isinstance(patch, dict) else (None, "missing")
+        if patch_id is None:
+            result.skipped_patches += 1
+            logger.warning("page %d: system %s (%s) has a patch whose patch_id is %s; skipped", page,
+                           resource_id, name, why, extra={"event_type": "patch_skipped", "page": page,
+                                                         "resource_id": resource_id})
+            continue
+        if patch_id in by_patch:
+            result.duplicate_patches += 1
+        # The same patch, severity and vendor recur on thousands of systems: one string
+        # each keeps a buffered batch small (spec NFR-1, peak RSS).
+        by_patch[patch_id] = (resource_id, _share(patch_id),
+                              *(convert(patch.get(column), repairs) for column, convert in _COLUMNS))
+    if not by_patch:
+        result.empty_systems += 1
+        logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,
+                       extra={"event_type": "system_without_patches", "page": page,
+                              "resource_id": resource_id})
+    result.mappings.extend(by_patch.values())
+    result.systems.append({"resource_id": resource_id, "resource_name": name,
+                           "patch_count": len(by_patch), "last_seen_page": page})
+
+
+def _locate(system: Any) -> str:
+    """The path (``.patches[3].patchname``) of the first value of ``system`` that cannot be
+    read, found by reading each on its own; "" when none fails alone."""
+    if not isinstance(system, dict):
+        return ""
+    checks: list[tuple[str, Any, Any]] = [(".resource_id", id_text, system.get("resource_id")),
+                                          (".resource_name", field_text, system.get("resource_name"))]
+    patches = system.get("patches")
+    for k, patch in enumerate(patches if isinstance(patches, list) else []):
+        if isinstance(patch, dict):
+            checks.append((f".patches[{k}].patch_id", id_text, patch.get("patch_id")))
+            checks.extend((f".patches[{k}].{column}", field_text, patch.get(column)) for column in MAPPING_FIELDS)
+    for path, read, value in checks:
+        try:
+            read(value, Counter())
+        except Exception:
+            return path
+    return ""

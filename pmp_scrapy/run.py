@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pmp_scrapy import coverage as cov
@@ -52,6 +53,10 @@ class RunRecord:
     snapshot_complete: bool = False
     abort_reason: str | None = None
     abort_message: str | None = None
+    reconciliation: Any = None  # storage.batch.Reconciliation, when the snapshot was reconciled
+    #: takes a place in Zoho's token budget shared by every run of the client (0: mint now, else
+    #: the seconds to wait); set by the owner when a database shares the budget
+    claim_token_mint: Callable[[], float] | None = None
     outcome: Outcome | None = None
 
     # --- coverage ----------------------------------------------------------------------------------

@@ -3,13 +3,12 @@ Zoho's token budget (pure functions and a request builder; no Scrapy engine, no 
 
 Zoho answers failures with HTTP 200 and an ``error`` field: ``invalid_code`` (and friends) for
 credentials that cannot work, ``Access Denied`` when one refresh token asked for more than 10
-access tokens in 10 minutes.
+access tokens in 10 minutes (:mod:`pmp_scrapy.token_budget` keeps to that).
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any
 
 from scrapy.http import FormRequest
@@ -17,9 +16,11 @@ from scrapy.http.request import NO_CALLBACK
 
 from pmp_scrapy.errors import TokenRefreshError
 from pmp_scrapy.middlewares import SIDE_REQUEST
+from pmp_scrapy.token_budget import TOKEN_BUDGET, TOKEN_BUDGET_WINDOW, TokenBudget
 
-TOKEN_BUDGET = 10  # Zoho: access tokens per refresh token
-TOKEN_BUDGET_WINDOW = 600.0  # … per 10 minutes
+__all__ = ["TOKEN_BUDGET", "TOKEN_BUDGET_WINDOW", "TokenBudget", "parse_token_response", "token_lifetime",
+           "token_request"]
+
 BAD_CREDENTIAL_ERRORS = frozenset({"invalid_code", "invalid_client", "invalid_client_secret", "invalid_grant",
                                    "invalid_refresh_token", "unauthorized_client"})
 
@@ -78,24 +79,3 @@ def parse_token_response(status: int, body: bytes, host: str) -> dict[str, Any]:
     if not payload.get("access_token"):
         raise TokenRefreshError("the token response has no access_token", "bad_response")
     return payload
-
-
-class TokenBudget:
-    """Zoho's 10 tokens per refresh token per 10 minutes, as seen by this process."""
-
-    def __init__(self, budget: int = TOKEN_BUDGET, window: float = TOKEN_BUDGET_WINDOW) -> None:
-        self.budget = budget
-        self.window = window
-        self._mints: deque[float] = deque()
-
-    def wait_before_next(self, now: float) -> float:
-        """Seconds to wait before minting another token (0: at once)."""
-        while self._mints and now - self._mints[0] >= self.window:
-            self._mints.popleft()
-        if len(self._mints) < self.budget:
-            return 0.0
-        return self.window - (now - self._mints[0]) + 0.5
-
-    def minted(self, at: float) -> None:
-        """Record a token minted at ``at`` (monotonic seconds)."""
-        self._mints.append(at)

@@ -10,15 +10,21 @@ from typing import TYPE_CHECKING
 from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
-from pmp_scrapy.config import apply_environment, apply_spider_arguments, load_config
-from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
+from pmp_scrapy.config import apply_environment, apply_spider_arguments, get_config, load_config
+from pmp_scrapy.config_errors import record_config_error
+from pmp_scrapy.credentials import OAUTH_NAMES, check_credentials_file, require_secrets
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.run import find_run
+from pmp_scrapy.storage.engine import safe_url
+from pmp_scrapy.summary import terminal_summary
 
 if TYPE_CHECKING:
     import argparse
 
     from scrapy.crawler import Crawler
+    from scrapy.settings import Settings
+
+    from pmp_scrapy.run import RunRecord
 
 
 def fail(message: str) -> None:
@@ -35,16 +41,27 @@ class Command(ScrapyCrawlCommand):
     def _preflight(self, spname: str, spargs: dict[str, str]) -> None:
         if spname != "dcapi_patches":
             return
-        settings = self.settings.copy()
-        apply_environment(settings)
-        apply_spider_arguments(settings, spargs)
+        settings = self._settings_for(spargs)
         config = load_config(settings)
+        check_credentials_file(settings)
         if config.demo:
             return
         if config.auth == "apikey":
             require_secrets(("PMP_API_KEY",), settings)
         else:
             require_secrets(OAUTH_NAMES, settings)
+
+    def _settings_for(self, spargs: dict[str, str], *, validate: bool = True) -> Settings:
+        """A copy of the settings as the crawl will see them (environment and spider arguments)."""
+        assert self.settings is not None
+        settings = self.settings.copy()
+        apply_environment(settings)
+        try:
+            apply_spider_arguments(settings, spargs)
+        except ConfigError:
+            if validate:
+                raise
+        return settings
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         if len(args) != 1:
@@ -54,6 +71,7 @@ class Command(ScrapyCrawlCommand):
             self._preflight(spname, opts.spargs)
         except ConfigError as exc:
             fail(str(exc))
+            record_config_error(self._settings_for(opts.spargs, validate=False), str(exc))
             self.exitcode = 1
             return
         assert self.crawler_process
@@ -72,5 +90,22 @@ class Command(ScrapyCrawlCommand):
             return 1
         code, message = run.outcome.exit_code, run.outcome.message
         stream = sys.stdout if code == 0 else sys.stderr
-        print(f"pmp_scrapy: exit {code}: {message}", file=stream, flush=True)
+        if stream.isatty():
+            print(self._terminal_summary(crawler, run), file=stream, flush=True)
+        else:
+            print(f"pmp_scrapy: exit {code}: {message}", file=stream, flush=True)
         return code
+
+    @staticmethod
+    def _terminal_summary(crawler: Crawler, run: RunRecord) -> str:
+        assert run.outcome is not None
+        config = get_config(crawler)
+        database = safe_url(config.database_url)
+        status = "scrapy status" + (f" -s PMP_DATABASE_URL={database}" if config.demo else "")
+        if config.customer:
+            status += f" --customer {config.customer}"
+        return terminal_summary(
+            exit_code=run.outcome.exit_code, message=run.outcome.message, pages_committed=run.pages_committed,
+            gaps_opened=run.gaps_opened, gaps_resolved=run.gaps_resolved, mappings=run.mappings_upserted,
+            coverage=run.coverage, total=run.denominator(), target_met=run.target_met(), database=database,
+            status_command=status)

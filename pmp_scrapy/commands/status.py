@@ -16,19 +16,24 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from scrapy.commands import ScrapyCommand
 
 from pmp_scrapy.config import (
+    DEMO_DATABASE_URL,
     apply_environment,
     coverage_target_from_settings,
     database_url_from_settings,
+    read,
     total_systems_from_settings,
 )
+from pmp_scrapy.plan import format_age
 from pmp_scrapy.coverage import target_systems
 from pmp_scrapy.errors import ConfigError, NoDatabase, StorageError
-from pmp_scrapy.storage.engine import safe_url
+from pmp_scrapy.storage.engine import safe_url, without_password
 from pmp_scrapy.storage.status import CustomerStatus, NoExtractionData, read_status
 
 if TYPE_CHECKING:
@@ -37,11 +42,35 @@ if TYPE_CHECKING:
 HINT = "run `scrapy crawl dcapi_patches` first"
 
 
+def no_database_hint(settings: Any) -> str:
+    """What to do when there is no database: after a demo, how to look at the demo's."""
+    if (settings.getpriority("PMP_DATABASE_URL") or 0) < 40 and Path("pmp_demo.db").is_file():
+        return (f"a demo database is here: scrapy status -s PMP_DATABASE_URL={DEMO_DATABASE_URL} "
+                f"(or {HINT})")
+    return HINT
+
+
 def _pct(part: int, whole: int | None) -> float | None:
     return round(100.0 * part / whole, 1) if whole else None
 
 
-def summarise(status: CustomerStatus, target: float, total_systems: int | None) -> dict[str, Any]:
+def freshness(last_complete_at: str | None, refresh_interval: float,
+              now: datetime | None = None) -> dict[str, Any]:
+    """How old the data is and when the next sweep is due (``PMP_REFRESH_INTERVAL``; 0: never)."""
+    if last_complete_at is None:
+        return {"data_as_of": None, "age_seconds": None, "next_refresh_due": None,
+                "refresh_interval": refresh_interval}
+    completed = datetime.fromisoformat(last_complete_at).replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    due = completed + timedelta(seconds=refresh_interval) if refresh_interval > 0 else None
+    return {"data_as_of": completed.isoformat(timespec="seconds"),
+            "age_seconds": round((now - completed).total_seconds()),
+            "next_refresh_due": due.isoformat(timespec="seconds") if due else None,
+            "refresh_interval": refresh_interval}
+
+
+def summarise(status: CustomerStatus, target: float, total_systems: int | None,
+              refresh_interval: float = 86400) -> dict[str, Any]:
     """The JSON-ready report of one customer."""
     covered = status.systems_with_mappings
     denominator = total_systems or status.managed_total or status.dcapi_total
@@ -59,11 +88,14 @@ def summarise(status: CustomerStatus, target: float, total_systems: int | None) 
         "dcapi_omits": (status.managed_total - status.dcapi_total
                         if status.managed_total and status.dcapi_total is not None else None),
         "target": {"fraction": target, "denominator": denominator, "systems_needed": needed,
-                   "met": bool(needed) and covered >= (needed or 0)},
+                   "met": bool(needed) and covered >= (needed or 0),
+                   "above_denominator": bool(denominator) and covered > (denominator or 0)},
         "snapshot": status.snapshot,
         "checkpoint": {**checkpoint, "total_pages": snapshot.get("total_pages")} if status.checkpoint else None,
         "gaps": {"open": [vars(g) for g in status.open_gaps], "resolved": [vars(g) for g in status.resolved_gaps]},
         "last_run": status.last_run,
+        "freshness": freshness(status.last_complete_at, refresh_interval),
+        "retired_systems": status.retired_systems,
     }
 
 
@@ -88,6 +120,9 @@ def render(report: dict[str, Any]) -> str:
         if not t["met"] and report["dcapi_omits"]:
             lines.append(f"             DCAPI does not report {report['dcapi_omits']:,} managed systems "
                          "(no patch records), so a sweep cannot cover them")
+        if t.get("above_denominator"):
+            lines.append(f"             WARNING: coverage is above 100% ({covered:,} of {t['denominator']:,}): the "
+                         "denominator (PMP_TOTAL_SYSTEMS, else the managed-system count) is too low")
     snap = report["snapshot"]
     if snap is None:
         lines.append("  snapshot:  none yet")
@@ -104,6 +139,15 @@ def render(report: dict[str, Any]) -> str:
         for gap in rows:
             lines.append(f"    {title:<8} page {gap['page']:<5} {gap['error_type']:<18} "
                          f"{gap['attempts']} attempt(s)  {gap['last_error'] or ''}")
+    fresh = report["freshness"]
+    if fresh["data_as_of"] is None:
+        lines.append("  data:      no complete sweep yet")
+    else:
+        due = fresh["next_refresh_due"]
+        lines.append(f"  data:      as of {fresh['data_as_of']} ({format_age(fresh['age_seconds'])} old); "
+                     + (f"next sweep due {due}" if due else "never refreshed (PMP_REFRESH_INTERVAL=0)")
+                     + (f"; {report['retired_systems']:,} retired system(s) in history"
+                        if report["retired_systems"] else ""))
     run = report["last_run"]
     if run is None:
         lines.append("  last run:  none recorded")
@@ -134,6 +178,16 @@ class Command(ScrapyCommand):
                             help="only this MSP customer ('' is the single-tenant default)")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        """Every failure is one line without the database password, never a traceback."""
+        assert self.settings is not None
+        raw_url = str(self.settings.get("PMP_DATABASE_URL") or "")
+        try:
+            self._run(args, opts)
+        except Exception as exc:  # noqa: BLE001 - a traceback could show the database URL's password
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            self._fail(opts, "error", f"cannot show the status: {type(exc).__name__}: {first}", raw_url)
+
+    def _run(self, args: list[str], opts: argparse.Namespace) -> None:
         assert self.settings is not None
         settings = self.settings.copy()
         apply_environment(settings)
@@ -142,25 +196,27 @@ class Command(ScrapyCommand):
             url = database_url_from_settings(settings)
             target = coverage_target_from_settings(settings)
             total = total_systems_from_settings(settings)
+            refresh = float(read(settings, "PMP_REFRESH_INTERVAL"))
             statuses = read_status(url, opts.customer, busy_timeout=15.0)
         except NoExtractionData as exc:
             self._fail(opts, "no_data", f"{exc}; {HINT}")
             return
         except NoDatabase as exc:
-            self._fail(opts, "no_database", f"{exc}; {HINT}")
+            self._fail(opts, "no_database", f"{exc}; {no_database_hint(settings)}")
             return
         except (ConfigError, StorageError) as exc:
-            self._fail(opts, "error", str(exc))
+            self._fail(opts, "error", str(exc), url or str(settings.get("PMP_DATABASE_URL") or ""))
             return
-        reports = [summarise(s, target, total) for s in statuses]
+        reports = [summarise(s, target, total, refresh) for s in statuses]
         if opts.json:
             print(json.dumps({"database": safe_url(url), "customers": reports}, indent=2, default=str))
         else:
             print(f"pmp_scrapy status: {safe_url(url)}")
             print("\n".join(render(r) for r in reports))
 
-    def _fail(self, opts: argparse.Namespace, kind: str, message: str) -> None:
+    def _fail(self, opts: argparse.Namespace, kind: str, message: str, url: str = "") -> None:
         self.exitcode = 1
+        message = without_password(message, url) if url else message
         if opts.json:
             print(json.dumps({"error": kind, "message": message}))
         print(f"pmp_scrapy: {message}", file=sys.stderr, flush=True)

@@ -4,12 +4,16 @@ The command runs through ``/bin/sh -c`` (pipelines and redirections work), in th
 working directory, with the run summary as JSON on stdin (the same summary the run records:
 ``exit_code``, ``pages_committed``, ``mappings_upserted``, ``coverage``, ``coverage_pct``,
 ``snapshot_id`` …) and ``PMP_EXIT_CODE`` in its environment. Secrets (``PMP_CLIENT_SECRET``,
-``PMP_REFRESH_TOKEN``, ``PMP_CLIENT_ID``, ``PMP_API_KEY``, ``SLACK_WEBHOOK_URL``) are removed
-from its environment. It is skipped when the run committed nothing (no page, no healed gap,
-no mapping), e.g. when the target was already met or the run failed before its first commit.
+``PMP_REFRESH_TOKEN``, ``PMP_CLIENT_ID``, ``PMP_API_KEY``, ``SLACK_WEBHOOK_URL``) and the path of
+the credentials file (``PMP_CREDENTIALS_FILE``) are removed from its environment;
+``PMP_DATABASE_URL`` is kept without its password (a hook connects with ``PGPASSFILE`` /
+``~/.pgpass``, or ``PGPASSWORD`` if the operator gives it one). It is skipped when the run
+committed nothing (no page, no healed gap, no mapping), e.g. when the target was already met or
+the run failed before its first commit.
 
 It runs without blocking the reactor (an asyncio subprocess) and is killed, with its process
-group, after ``PMP_HOOK_TIMEOUT`` seconds. A failure, a non-zero exit or a timeout is logged
+group, after ``PMP_HOOK_TIMEOUT`` seconds, or at once when a second SIGTERM/SIGINT hurries the
+stop (:mod:`pmp_scrapy.extensions.shutdown`). A failure, a non-zero exit or a timeout is logged
 (``hook_failed``) and never changes the run's exit code.
 
 Reads ``POST_EXTRACTION_HOOK``, ``PMP_HOOK_TIMEOUT``. Listens to ``run_finished``, whose handler
@@ -32,7 +36,9 @@ from scrapy.exceptions import NotConfigured
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
 from pmp_scrapy.credentials import OAUTH_NAMES
+from pmp_scrapy.extensions.shutdown import stop_state
 from pmp_scrapy.redaction import response_sample
+from pmp_scrapy.storage.engine import url_without_password
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -41,8 +47,21 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-HIDDEN_ENV = (*OAUTH_NAMES, "PMP_API_KEY", "SLACK_WEBHOOK_URL")
+HIDDEN_ENV = (*OAUTH_NAMES, "PMP_API_KEY", "SLACK_WEBHOOK_URL")  # secrets by name
+HIDDEN_PATHS = ("PMP_CREDENTIALS_FILE",)  # not a secret, but where the secrets are
 OUTPUT_SAMPLE = 500  # bytes of the hook's output kept in the log
+
+
+def hook_environment(environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The hook's environment: ours without secrets, and the database URL without its password."""
+    env = {k: v for k, v in environ.items() if k not in HIDDEN_ENV and k not in HIDDEN_PATHS}
+    if env.get("PMP_DATABASE_URL"):
+        bare = url_without_password(env["PMP_DATABASE_URL"])
+        if bare is None:
+            del env["PMP_DATABASE_URL"]  # unreadable: it might hold the password anywhere
+        else:
+            env["PMP_DATABASE_URL"] = bare
+    return env
 
 
 def committed_data(summary: dict[str, Any]) -> bool:
@@ -77,7 +96,7 @@ class PostExtractionHook:
 
     async def run(self, summary: dict[str, Any]) -> None:
         """Run the command with ``summary`` on stdin; log, never raise."""
-        env = {k: v for k, v in os.environ.items() if k not in HIDDEN_ENV}
+        env = hook_environment(os.environ)
         env["PMP_EXIT_CODE"] = str(summary.get("exit_code", ""))
         started = time.monotonic()
         stats = self.crawler.stats
@@ -92,15 +111,24 @@ class PostExtractionHook:
                            extra={"event_type": "hook_failed", "reason": "start_failed"})
             return
         payload = json.dumps(summary, default=str).encode("utf-8")
+        talk = asyncio.ensure_future(process.communicate(payload))
+        hurry = asyncio.ensure_future(stop_state(self.crawler).hurry.wait())
         try:
-            out, err = await asyncio.wait_for(process.communicate(payload), timeout=self.timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait((talk, hurry), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+        if not talk.done():
             self._kill(process)
             await process.wait()
+            talk.cancel()
             stats.set_value("pmp/hook_failed", True)
-            logger.warning("post-extraction hook killed after %.0f s (PMP_HOOK_TIMEOUT)", self.timeout,
-                           extra={"event_type": "hook_failed", "reason": "timeout", "timeout_s": self.timeout})
+            hurried = stop_state(self.crawler).hurry.is_set()
+            logger.warning("post-extraction hook %s", "killed: a second signal hurried the stop" if hurried
+                           else f"killed after {self.timeout:.0f} s (PMP_HOOK_TIMEOUT)",
+                           extra={"event_type": "hook_failed", "reason": "stopped" if hurried else "timeout",
+                                  "timeout_s": self.timeout})
             return
+        out, err = talk.result()
         elapsed = round(time.monotonic() - started, 2)
         stats.set_value("pmp/hook_exit_code", process.returncode)
         fields = {"exit_code": process.returncode, "duration_s": elapsed,

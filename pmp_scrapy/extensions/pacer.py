@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING, Any
 from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
-from pmp_scrapy import pacing, values
+from pmp_scrapy import pacing
+from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.config import read
 from pmp_scrapy.middlewares import SIDE_REQUEST
 
@@ -60,24 +61,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_IN_FLIGHT = 16
-DEFAULT_RATE_MARGIN = 0.04
-DEFAULT_MAX_DELAY = 8.0
+#: requests admitted to the downloader beyond the paced in-flight target: one waiting for the
+#: slot's next turn, one sleeping out a retry backoff, and the token call or a Slack post
+QUEUE_HEADROOM = 3
 
 
 def max_in_flight(settings: BaseSettings) -> int:
     """The validated ``PMP_MAX_IN_FLIGHT``."""
-    return values.integer("PMP_MAX_IN_FLIGHT", settings.get("PMP_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT), minimum=1)
+    return int(read(settings, "PMP_MAX_IN_FLIGHT"))
 
 
 def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
     """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
     run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
-    margin = values.number("PMP_RATE_MARGIN", settings.get("PMP_RATE_MARGIN", DEFAULT_RATE_MARGIN),
-                           low=0.0, high=1.0)
-    base = pacing.paced_delay(download_delay, margin)
-    max_delay = values.number("PMP_PACE_MAX_DELAY", settings.get("PMP_PACE_MAX_DELAY", DEFAULT_MAX_DELAY),
-                              low=base)
+    base = pacing.paced_delay(download_delay, float(read(settings, "PMP_RATE_MARGIN")))
+    max_delay = float(read(settings, "PMP_PACE_MAX_DELAY"))
+    if max_delay < base:
+        raise ConfigError(f"PMP_PACE_MAX_DELAY must be at least the paced delay {base:g} s, got {max_delay:g}")
     return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=max_in_flight(settings))
 
 
@@ -186,11 +186,20 @@ class Pacer:
             logger.info("PMP answers normally again: back to one request every %.2f s", paced.pace.delay,
                         extra={"event_type": "pace_recovered", "delay_s": round(paced.pace.delay, 3)})
 
+    def _admit(self, target: int) -> None:
+        """Let only a few requests more than the target into the downloader: a request gets its
+        token when it enters, so a long queue in the slot would send tokens old (and memory)."""
+        downloader = self.crawler.engine.downloader
+        ceiling = self.crawler.settings.getint("CONCURRENT_REQUESTS")
+        wanted = target + QUEUE_HEADROOM
+        downloader.total_concurrency = min(wanted, ceiling) if ceiling > 0 else wanted
+
     def _apply(self, paced: _PacedSlot) -> None:
         peak = paced.latency.peak if paced.latency is not None else None
         target = pacing.in_flight_target(peak, paced.pace.delay, self.limits.max_in_flight)
         paced.slot.delay = paced.pace.delay
         paced.slot.concurrency = target
+        self._admit(target)
         stats = self.crawler.stats
         stats.set_value("pmp/pace/delay", round(paced.pace.delay, 4))
         stats.max_value("pmp/pace/max_delay", round(paced.pace.delay, 4))

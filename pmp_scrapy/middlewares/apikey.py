@@ -36,7 +36,7 @@ class ApiKeyMiddleware:
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
         if get_config(crawler).auth != "apikey":
-            raise NotConfigured("PMP_AUTH is oauth: TokenMiddleware authenticates")
+            raise NotConfigured  # silent: PMP_AUTH is oauth, TokenMiddleware authenticates
         api_key = require_secrets(("PMP_API_KEY",), crawler.settings)["PMP_API_KEY"]
         register_secret(api_key)
         return cls(crawler, api_key)

@@ -24,16 +24,19 @@ from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.utils.asyncio import sleep
+from scrapy.utils.asyncio import run_in_thread
 
 from pmp_scrapy.config import get_config
 from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
-from pmp_scrapy.errors import TokenRefreshError
+from pmp_scrapy.errors import StorageError, TokenRefreshError
+from pmp_scrapy.extensions.shutdown import pause
 from pmp_scrapy.logformat import register_secret
 from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.middlewares.backoff import retry_wait
+from pmp_scrapy.run import find_run
 from pmp_scrapy.runstop import stop_run
-from pmp_scrapy.zoho import TOKEN_BUDGET, TokenBudget, parse_token_response, token_lifetime, token_request
+from pmp_scrapy.token_budget import TOKEN_BUDGET, TokenBudget
+from pmp_scrapy.zoho import parse_token_response, token_lifetime, token_request
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -75,7 +78,7 @@ class TokenMiddleware:
     def from_crawler(cls, crawler: Crawler) -> Self:
         config = get_config(crawler)
         if config.auth != "oauth":
-            raise NotConfigured("PMP_AUTH is apikey: ApiKeyMiddleware authenticates")
+            raise NotConfigured  # silent: PMP_AUTH is apikey, ApiKeyMiddleware authenticates
         secrets = require_secrets(OAUTH_NAMES, crawler.settings)
         for value in secrets.values():
             register_secret(value)  # masked by value in every log line, whatever its shape
@@ -192,13 +195,31 @@ class TokenMiddleware:
             self._refreshing = None
 
     async def _respect_budget(self) -> None:
-        wait = self._budget.wait_before_next(time.monotonic())
-        if wait > 0:
-            logger.warning("Zoho allows %d tokens per 10 minutes and this run has used them; waiting %.0f s "
-                           "rather than be locked out", TOKEN_BUDGET, wait,
+        """Wait, if need be, until Zoho's budget allows another token: the budget every run of
+        this client shares through the database, else this process's own count."""
+        run = find_run(self.crawler)
+        claim = run.claim_token_mint if run is not None else None
+        while True:
+            if claim is not None:
+                try:
+                    wait = await run_in_thread(claim)
+                except StorageError as exc:  # the shared count is unreadable: keep this run's own
+                    logger.warning("token budget shared through the database unavailable (%s); counting this "
+                                   "run's tokens only", exc, extra={"event_type": "token_budget_unshared"})
+                    claim = None
+                    continue
+            else:
+                wait = self._budget.wait_before_next(time.monotonic())
+            if wait <= 0:
+                return
+            logger.warning("Zoho allows %d tokens per 10 minutes and runs of this client have used them; "
+                           "waiting %.0f s rather than be locked out", TOKEN_BUDGET, wait,
                            extra={"event_type": "token_budget_wait", "wait_s": round(wait, 1)})
             self.crawler.stats.inc_value("pmp/token_budget_waits")
-            await sleep(wait)
+            if not await pause(self.crawler, wait):  # a stop of the run ends the wait
+                raise IgnoreRequest("the run is stopping: the token budget wait was cut short")
+            if claim is None:
+                return
 
     async def _refresh(self, reason: str) -> None:
         await self._respect_budget()
@@ -212,9 +233,9 @@ class TokenMiddleware:
                 logger.warning("token refresh try %d of %d failed: %s", attempt, TOKEN_TRIES, exc,
                                extra={"event_type": "token_refresh", "reason": reason, "success": False,
                                       "token_age_s": age, "attempt": attempt, "cause": exc.cause})
-                if attempt < TOKEN_TRIES:
-                    await sleep(retry_wait(None, None, attempt=attempt, base=self.config.backoff_base,
-                                           cap=self.config.max_retry_after))
+                if attempt < TOKEN_TRIES and not await pause(self.crawler, retry_wait(
+                        None, None, attempt=attempt, base=self.config.backoff_base, cap=self.config.max_retry_after)):
+                    raise IgnoreRequest("the run is stopping: the wait between token tries was cut short")
                 continue
             self._budget.minted(time.monotonic())
             self._token = str(payload["access_token"])

@@ -4,7 +4,8 @@ What is retried and how often are Scrapy's own settings: ``RETRY_HTTP_CODES`` (4
 in ``settings.py``), ``RETRY_TIMES`` (``PMP_MAX_ATTEMPTS`` - 1, set by the environment add-on) and
 ``RETRY_EXCEPTIONS`` (timeouts, connection errors). This subclass decides *when*: each wait comes
 from :func:`~pmp_scrapy.middlewares.backoff.retry_wait` (``PMP_BACKOFF_BASE``, ``PMP_MAX_RETRY_AFTER``),
-without blocking the reactor (other pages keep flowing while one waits). When attempts run out,
+without blocking the reactor (other pages keep flowing while one waits); a stop of the run
+ends every wait at once (:func:`pmp_scrapy.extensions.shutdown.pause`). When attempts run out,
 the last response (or exception) goes on to the spider, which records the page as a gap.
 Writes Scrapy's ``retry/*`` stats and ``pmp/retry_wait_seconds``.
 """
@@ -15,9 +16,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from scrapy.downloadermiddlewares.retry import RetryMiddleware
-from scrapy.utils.asyncio import sleep
+from scrapy.exceptions import IgnoreRequest
 
 from pmp_scrapy.config import get_config
+from pmp_scrapy.extensions.shutdown import pause
 from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.middlewares.backoff import retry_wait
 from pmp_scrapy.redaction import response_sample
@@ -75,9 +77,12 @@ class BackoffRetryMiddleware(RetryMiddleware):
         return retry
 
     async def _wait(self, seconds: float) -> None:
+        """Wait before the retry; a stop of the run ends the wait at once and drops the request
+        (the page stays unclaimed for the next run)."""
         if seconds > 0:
             self.crawler.stats.inc_value("pmp/retry_wait_seconds", round(seconds, 3))
-            await sleep(seconds)
+        if not await pause(self.crawler, seconds):
+            raise IgnoreRequest("the run is stopping: the retry wait was cut short")
 
     def _log_attempt(self, request: Request, attempt: int, wait: float, **fields: object) -> None:
         page = request.meta.get("pmp_page")

@@ -14,16 +14,29 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import scrapy
-from scrapy.exceptions import DownloadTimeoutError, IgnoreRequest
+from scrapy import signals
+from scrapy.exceptions import DontCloseSpider, DownloadTimeoutError, IgnoreRequest
 from twisted.internet.error import TCPTimedOutError, TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
+from pmp_scrapy.catalog import (
+    CATALOG_PATH,
+    CatalogSweep,
+    EndpointUnsupported,
+    catalog_rows,
+    gap_page_num,
+    parse_catalog,
+    unavailable_reason,
+)
 from pmp_scrapy.config import apply_spider_arguments, get_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
-from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.items import CatalogGap, CatalogPage, CatalogUnavailable, InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.masking import scrub
+from pmp_scrapy.plan import stale_pages
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
 from pmp_scrapy.run import find_run
+from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -65,10 +78,41 @@ class DcapiPatchesSpider(scrapy.Spider):
     name = "dcapi_patches"
     MAX_PROBES = 3
 
+    MAX_REREAD_ROUNDS = 3  # re-reads of pages the tenant shifted past, per run
+
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:
         apply_spider_arguments(crawler.settings, kwargs)
-        return super().from_crawler(crawler, *args)
+        spider = super().from_crawler(crawler, *args)
+        spider._page_totals = {}
+        spider._reread_rounds = 0
+        crawler.signals.connect(spider._reread_shifted_pages, signal=signals.spider_idle)
+        return spider
+
+    def _reread_shifted_pages(self) -> None:
+        """At the end of the sweep, read again the pages answered before the tenant changed
+        (``totalRecords`` differs from the latest answer): DCAPI pages are positions in a sorted
+        list, so systems added or removed mid-sweep shift others past pages already read."""
+        plan = self.plan
+        if plan is None or self._total_pages is None or self._reread_rounds >= self.MAX_REREAD_ROUNDS:
+            return
+        if self._last_total_records is None or (plan.batch_end is not None and plan.batch_end < self._total_pages):
+            return  # this run does not reach the end of the sweep: a later run checks
+        totals = {**plan.known_page_totals, **self._page_totals}
+        shifted = stale_pages(totals, self._last_total_records, self._total_pages)
+        if not shifted:
+            return
+        self._reread_rounds += 1
+        logger.warning(
+            "the tenant changed during snapshot %d (DCAPI now reports %d systems; %d page(s) were read "
+            "before): reading pages %s again so that no system is missed", plan.snapshot_id,
+            self._last_total_records, len(shifted), ", ".join(map(str, shifted[:20])) + (" …" if len(shifted) > 20 else ""),
+            extra={"event_type": "tenant_changed", "total_records": self._last_total_records,
+                   "reread_pages": shifted, "round": self._reread_rounds})
+        self.crawler.stats.inc_value("pmp/pages_reread", len(shifted))
+        for page in shifted:
+            self.crawler.engine.crawl(self.page_request(page, reread=True))
+        raise DontCloseSpider
 
     @property
     def config(self) -> PMPConfig:
@@ -86,15 +130,16 @@ class DcapiPatchesSpider(scrapy.Spider):
             params["customername"] = self.config.customer
         return f"{self.config.base_url}{path}?{urlencode(params)}"
 
-    def page_request(self, page: int, *, retried_gap: bool = False) -> scrapy.Request:
+    def page_request(self, page: int, *, retried_gap: bool = False, reread: bool = False) -> scrapy.Request:
         """The request for one DCAPI page."""
         return scrapy.Request(
-            self._url(PAGE_PATH, {"page": page, "pageLimit": self.config.page_limit}),
+            self._url(PAGE_PATH, {"page": page, "pageLimit": self.plan.page_limit if self.plan else self.config.page_limit}),
             callback=self.parse_page,
             errback=self.page_failed,
             dont_filter=True,
             priority=1 if retried_gap else -page,
-            meta={"pmp_page": page, "pmp_retried_gap": retried_gap, "handle_httpstatus_all": True},
+            meta={"pmp_page": page, "pmp_retried_gap": retried_gap, "pmp_reread": reread,
+                  "handle_httpstatus_all": True},
         )
 
     async def start(self) -> AsyncIterator[Any]:
@@ -102,6 +147,7 @@ class DcapiPatchesSpider(scrapy.Spider):
         if plan is None:
             return
         self._total_pages = plan.known_total_pages
+        self._last_total_records: int | None = None
         self._requested_through = 0
         if self.config.total_systems is None:
             yield scrapy.Request(
@@ -110,6 +156,8 @@ class DcapiPatchesSpider(scrapy.Spider):
                 priority=10, meta={"pmp_inventory": True, "handle_httpstatus_all": True},
             )
         for page in plan.retry_pages:
+            if page < 0:
+                continue  # a catalog page's gap (page_num -N): see _catalog_start
             yield self.page_request(page, retried_gap=True)
         if plan.first_page is not None:
             self._requested_through = plan.first_page
@@ -117,6 +165,8 @@ class DcapiPatchesSpider(scrapy.Spider):
             if self._total_pages is not None:
                 for request in self._more_pages():
                     yield request
+        for request in self._catalog_start():
+            yield request
 
     def _last_wanted_page(self) -> int | None:
         plan = self.plan
@@ -160,6 +210,7 @@ class DcapiPatchesSpider(scrapy.Spider):
                 extra={"event_type": "total_pages_changed", "old": self._total_pages, "new": total_pages},
             )
         self._total_pages = total_pages
+        self._last_total_records = total_records
         self.crawler.stats.set_value("pmp/total_pages", total_pages)
         self.crawler.stats.set_value("pmp/total_records", total_records)
 
@@ -174,18 +225,25 @@ class DcapiPatchesSpider(scrapy.Spider):
                             f"HTTP {response.status} after {self._attempts(response.meta)} attempt(s)",
                             response.meta, response.body, response.status)
         else:
-            try:
-                envelope = parse_envelope(response.body)
+            try:  # checked against the request; any failure to read the page is the page's gap
+                envelope = parse_envelope(response.body, page, self.plan.page_limit)
+                rows = page_rows(envelope.systems, page)
             except PayloadError as exc:
                 yield self._gap(page, exc.error_type, str(exc), response.meta, response.body, 200)
+            except Exception as exc:  # noqa: BLE001 - our own failure too: a gap, not a traceback
+                yield self._gap(page, "invalid_payload", f"the page could not be read: {type(exc).__name__} ({exc})",
+                                response.meta, response.body, 200)
             else:
+                for kind, count in rows.repaired.items():
+                    self.crawler.stats.inc_value(f"pmp/values_repaired/{kind}", count)
                 self._learn_total(envelope.total_pages, envelope.total_records)
+                self._page_totals[page] = envelope.total_records
                 if not envelope.systems and page < envelope.total_pages:
                     logger.warning("page %d of %d has no systems", page, envelope.total_pages,
                                    extra={"event_type": "empty_page", "page": page})
                 item = PatchPage(
                     snapshot_id=self.plan.snapshot_id, page=page, total_pages=envelope.total_pages,
-                    total_records=envelope.total_records, rows=page_rows(envelope.systems, page),
+                    total_records=envelope.total_records, rows=rows,
                     retried_gap=retried,
                 )
                 del envelope  # the parsed JSON goes now, not when this generator resumes
@@ -211,6 +269,7 @@ class DcapiPatchesSpider(scrapy.Spider):
              body: bytes | None, status: int | None) -> PageGap:
         assert self.plan is not None
         self.crawler.stats.inc_value(f"pmp/gaps/{error_type}")
+        message = one_line(scrub(message))  # stored and logged: one line, storable, no secret
         sample = response_sample(body) if body else None
         attempts = self._attempts(meta)
         logger.error(
@@ -249,3 +308,123 @@ class DcapiPatchesSpider(scrapy.Spider):
             return
         logger.warning("the inventory request failed (%s); coverage falls back to DCAPI totalRecords",
                        failure.type.__name__, extra={"event_type": "inventory_unavailable"})
+
+    # --- the patch catalog (/dcapi/threats/patches) ---------------------------------------------------
+    # Swept once per snapshot, in the snapshot's first run (and again in a later run of it only if
+    # that sweep did not finish; a partial catalog retries just its gaps). Catalog requests are
+    # ordinary PMP requests: the same token, retries, download slot and rate. Catalog page N's
+    # gap is page_num -N (pmp_scrapy.catalog.gap_page_num), which is also its ``pmp_page`` meta.
+    CATALOG_INTERLEAVE = 10  # catalog page n is queued about 10*n system-report pages in
+    _catalog: CatalogSweep | None = None  # this run's catalog sweep, set by _catalog_start
+    _catalog_warned = False
+
+    def _catalog_start(self) -> Iterator[scrapy.Request]:
+        """The first catalog requests of this run, if the snapshot's catalog needs any."""
+        plan, run, limit = self.plan, find_run(self.crawler), self.config.catalog_page_limit
+        if plan is None or not limit:
+            return
+        state = run.state.catalog_state if run is not None and run.state is not None else None
+        retry = [-page for page in plan.retry_pages if page < 0]
+        if plan.new_snapshot or state is None or (state == "partial" and not retry):
+            sweep = CatalogSweep(full=True, page_limit=limit)
+        elif state == "partial":
+            sweep = CatalogSweep(full=False, page_limit=limit, retry_pages=retry)
+        else:
+            return  # complete or unavailable: this snapshot's catalog is settled
+        self._catalog = sweep
+        for page in sweep.start():
+            yield self.catalog_request(page, retried_gap=not sweep.full)
+
+    def catalog_request(self, page: int, *, retried_gap: bool = False) -> scrapy.Request:
+        """The request for one catalog page (low priority: it never holds the system report up)."""
+        first = self.plan.first_page if self.plan is not None and self.plan.first_page is not None else 0
+        return scrapy.Request(
+            self._url(CATALOG_PATH, {"page": page, "pageLimit": self.config.catalog_page_limit}),
+            callback=self.parse_catalog, errback=self.catalog_failed, dont_filter=True,
+            priority=0 if retried_gap else -(first + self.CATALOG_INTERLEAVE * page),
+            meta={"pmp_catalog_page": page, "pmp_page": gap_page_num(page), "pmp_retried_gap": retried_gap,
+                  "handle_httpstatus_all": True},
+        )
+
+    def parse_catalog(self, response: Response) -> Iterator[Any]:
+        """Turn a final catalog response into a CatalogPage, a CatalogGap or CatalogUnavailable."""
+        sweep, page, meta = self._catalog, response.meta["pmp_catalog_page"], response.meta
+        if sweep is None or sweep.stopped:
+            return
+        reason = unavailable_reason(response.status, response.body)
+        if reason is not None:
+            yield from self._catalog_unavailable(reason)
+            return
+        if response.status != 200:
+            yield from self._catalog_gap(page, gap_type_for_status(response.status),
+                                         f"HTTP {response.status} after {self._attempts(meta)} attempt(s)",
+                                         meta, response.body, response.status)
+            return
+        try:
+            envelope = parse_catalog(response.body, self.config.catalog_page_limit)
+        except EndpointUnsupported as exc:
+            yield from self._catalog_unavailable(str(exc))
+            return
+        except PayloadError as exc:
+            yield from self._catalog_gap(page, exc.error_type, str(exc), meta, response.body, 200)
+            return
+        rows = catalog_rows(envelope.entries, page)
+        more = sweep.answered(page, envelope.total_pages, envelope.total_records, rows.entries, rows.skipped)
+        self.crawler.stats.inc_value("pmp/catalog/pages")
+        yield CatalogPage(snapshot_id=self._snapshot_id(), page=page, total_pages=envelope.total_pages,
+                          total_records=envelope.total_records, rows=rows,
+                          retried_gap=meta.get("pmp_retried_gap", False), end=sweep.end())
+        del envelope
+        for following in more:
+            yield self.catalog_request(following)
+
+    def catalog_failed(self, failure: Failure) -> Iterator[Any]:
+        """A catalog page whose download raised after its last attempt."""
+        if failure.check(IgnoreRequest):
+            return  # the run is stopping; the catalog stays unfinished and the next run sweeps it
+        request = failure.request  # type: ignore[attr-defined]
+        if self._catalog is None or self._catalog.stopped:
+            return
+        message = f"{failure.type.__name__}: {redact(str(failure.value))[:200]}"
+        yield from self._catalog_gap(request.meta["pmp_catalog_page"], gap_type_for_failure(failure), message,
+                                     request.meta, None, None)
+
+    def _snapshot_id(self) -> int:
+        assert self.plan is not None
+        return self.plan.snapshot_id
+
+    def _catalog_gap(self, page: int, error_type: str, message: str, meta: dict[str, Any],
+                     body: bytes | None, status: int | None) -> Iterator[Any]:
+        sweep = self._catalog
+        assert sweep is not None
+        self.crawler.stats.inc_value(f"pmp/gaps/{error_type}")
+        self.crawler.stats.inc_value("pmp/catalog/gaps")
+        sample = response_sample(body) if body else None
+        attempts = self._attempts(meta)
+        logger.error(
+            "catalog page %d failed after %d attempt(s) (%s: %s); recorded as a gap (page_num %d), the "
+            "sweep goes on", page, attempts, error_type, message, gap_page_num(page),
+            extra={"event_type": "page_extraction_failed", "endpoint": "catalog", "page": gap_page_num(page),
+                   "catalog_page": page, "attempt": attempts, "http_status": status, "error_type": error_type,
+                   "error_message": message, "response_sample": sample, "action": "skip_page"},
+        )
+        more = sweep.failed(page)
+        yield CatalogGap(snapshot_id=self._snapshot_id(), page=page, error_type=error_type, error_message=message,
+                         response_sample=sample, attempts=attempts, http_status=status,
+                         retried_gap=meta.get("pmp_retried_gap", False), end=sweep.end())
+        for following in more:
+            yield self.catalog_request(following)
+
+    def _catalog_unavailable(self, reason: str) -> Iterator[Any]:
+        """The server has no catalog: one WARNING, no gap, no more catalog requests."""
+        assert self._catalog is not None
+        self._catalog.stop()
+        if self._catalog_warned:
+            return
+        self._catalog_warned = True
+        self.crawler.stats.set_value("pmp/catalog/state", "unavailable")
+        logger.warning(
+            "the server has no patch catalog (%s from %s): CVE data is unavailable; the patch mappings "
+            "are not affected", reason, CATALOG_PATH,
+            extra={"event_type": "catalog_unavailable", "reason": reason, "endpoint": "catalog"})
+        yield CatalogUnavailable(snapshot_id=self._snapshot_id(), reason=reason)

@@ -17,16 +17,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """Rows of several pages to commit in one transaction.
+    """Pages to commit in one transaction.
 
-    Mapping rows are kept pickled, one ``bytes`` per page, until the commit unpacks them a page
-    at a time: ten pages of live tuples cost some 4 MB, pickled about a quarter of that, and the
-    peak RSS budget is 100 MB (spec NFR-1). ``mappings`` given to the constructor are one page."""
+    Each page's mapping rows and systems are kept pickled, one ``bytes`` per page, until the
+    commit unpacks them a page at a time: ten pages of live tuples cost some 4 MB, pickled about
+    a quarter of that, and the peak RSS budget is 100 MB (spec NFR-1). ``mappings`` and
+    ``systems`` given to the constructor are one page. A page's systems are the ones it reported
+    completely: their stored rows that the page no longer lists are retired at commit."""
 
     snapshot_id: int
     customer: str
     mappings: InitVar[list[MappingRow] | None] = None
-    systems: list[dict[str, Any]] = field(default_factory=list)
+    systems: InitVar[list[dict[str, Any]] | None] = None
     gaps: list[dict[str, Any]] = field(default_factory=list)
     healed_pages: list[int] = field(default_factory=list)
     last_page: int | None = None
@@ -34,22 +36,35 @@ class Batch:
     total_records: int | None = None
     denominator: int | None = None
     mapping_count: int = 0
+    #: page -> the totalRecords it was answered with, for the pages of this batch
+    page_totals: dict[int, int] = field(default_factory=dict)
+    max_retire_share: float = 0.2  # PMP_MAX_RETIRE_SHARE
     _packed_pages: list[bytes] = field(default_factory=list, repr=False)
 
-    def __post_init__(self, mappings: list[MappingRow] | None) -> None:
-        if mappings:
-            self.add_mappings(mappings)
+    def __post_init__(self, mappings: list[MappingRow] | None, systems: list[dict[str, Any]] | None) -> None:
+        if mappings or systems:
+            self.add_page(mappings or [], systems or [])
+
+    def add_page(self, rows: list[MappingRow], systems: list[dict[str, Any]]) -> None:
+        """Buffer one page: its mapping rows and the systems it reported."""
+        if rows or systems:
+            self._packed_pages.append(pickle.dumps((rows, systems), protocol=pickle.HIGHEST_PROTOCOL))
+            self.mapping_count += len(rows)
 
     def add_mappings(self, rows: list[MappingRow]) -> None:
-        """Buffer one page's mapping rows."""
-        if rows:
-            self._packed_pages.append(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
-            self.mapping_count += len(rows)
+        """Buffer mapping rows of systems the batch does not report (nothing is retired)."""
+        self.add_page(rows, [])
+
+    def pages(self) -> Iterator[tuple[list[MappingRow], list[dict[str, Any]]]]:
+        """The buffered pages, ``(rows, systems)``, in the order they were added."""
+        for packed in self._packed_pages:
+            yield pickle.loads(packed)  # noqa: S301 - bytes this process pickled itself
 
     def mapping_pages(self) -> Iterator[list[MappingRow]]:
         """The buffered rows, page by page, in the order they were added."""
-        for packed in self._packed_pages:
-            yield pickle.loads(packed)  # noqa: S301 - bytes this process pickled itself
+        for rows, _systems in self.pages():
+            if rows:
+                yield rows
 
 
 @dataclass
@@ -62,6 +77,20 @@ class CheckpointResult:
     coverage: int
     coverage_pct: float
     snapshot_complete: bool
+    reread_pages: list[int] = field(default_factory=list)  # answered before the tenant changed
+    reconciliation: Reconciliation | None = None
+    changes: Any = None  # storage.history.Changes: what the batch changed
+
+
+@dataclass
+class Reconciliation:
+    """What the end of a complete, gap-free snapshot retired (or refused to)."""
+
+    state: str  # reconciled | refused
+    retired_systems: int
+    retired_mappings: int
+    present_systems: int
+    message: str = ""
 
 
 def ordered_unique(rows: list[MappingRow]) -> Iterator[MappingRow]:

@@ -6,13 +6,19 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select, update
+from sqlalchemy import Connection, Select, and_, func, select, update
 
-from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS
-from pmp_scrapy.storage.batch import Batch, CheckpointResult, ordered_unique
-from pmp_scrapy.storage.schema import checkpoints, gap_state, gaps, patch_system_mapping, snapshots, systems
-
-_CHUNK = 500  # rows a statement: SQLAlchemy's parameter copies stay small (NFR-1)
+from pmp_scrapy.storage.batch import Batch, CheckpointResult, Reconciliation, ordered_unique
+from pmp_scrapy.storage.history import Changes, Context, apply_page, retire_systems, returned_systems, write_events
+from pmp_scrapy.storage.schema import (
+    checkpoints,
+    gap_state,
+    gaps,
+    patch_system_mapping,
+    snapshot_pages,
+    snapshots,
+    systems,
+)
 
 
 def utcnow() -> datetime:
@@ -21,12 +27,11 @@ def utcnow() -> datetime:
 
 
 def coverage_query(customer: str) -> Select[Any]:
-    """Distinct systems with mappings (the contract's query; per customer for MSP tenants)."""
-    query = select(func.count(func.distinct(patch_system_mapping.c.resource_id)))
-    if customer:
-        query = query.where(patch_system_mapping.c.resource_id.in_(
-            select(systems.c.resource_id).where(systems.c.customer == customer)))
-    return query
+    """Distinct systems with mappings (the contract's query), counting only the customer's
+    present systems (the default customer '' included: its systems only)."""
+    return select(func.count(func.distinct(patch_system_mapping.c.resource_id))).where(
+        patch_system_mapping.c.resource_id.in_(
+            select(systems.c.resource_id).where(systems.c.customer == customer, systems.c.retired_at.is_(None))))
 
 
 def dialect_insert(conn: Connection) -> Any:
@@ -41,45 +46,23 @@ def dialect_insert(conn: Connection) -> Any:
     return sqlite_insert
 
 def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
-    """Upsert the batch's rows, gaps and healed gaps and move the checkpoint (one transaction:
-    the caller's)."""
+    """Write the batch's pages (mappings with their history, systems), gaps and healed gaps, and
+    move the checkpoint; complete and reconcile the snapshot when its last page is in (one
+    transaction: the caller's)."""
     upsert = dialect_insert(conn)
     now = utcnow()
-    stmt = upsert(patch_system_mapping)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["resource_id", "patch_id"],
-        set_={name: stmt.excluded[name] for name in MAPPING_FIELDS},
-    )
-    # Page by page, in arrival order: a system that moved between pages during the sweep
-    # ends with its later page's values (upserts never delete, so the union stays).
-    for page_rows in batch.mapping_pages():
-        chunk: list[dict[str, Any]] = []
-        for row in ordered_unique(page_rows):
-            chunk.append(dict(zip(MAPPING_ROW_FIELDS, row)))
-            if len(chunk) == _CHUNK:
-                conn.execute(stmt, chunk)
-                chunk = []
-        if chunk:
-            conn.execute(stmt, chunk)
-
-    if batch.systems:
-        by_id = sorted({s["resource_id"]: s for s in batch.systems}.items())
-        sys_stmt = upsert(systems)
-        sys_stmt = sys_stmt.on_conflict_do_update(
-            index_elements=["customer", "resource_id"],
-            set_={
-                "resource_name": sys_stmt.excluded.resource_name,
-                "patch_count": sys_stmt.excluded.patch_count,
-                "last_seen_snapshot": sys_stmt.excluded.last_seen_snapshot,
-                "last_seen_page": sys_stmt.excluded.last_seen_page,
-                "last_seen_at": sys_stmt.excluded.last_seen_at,
-            },
-        )
-        conn.execute(sys_stmt, [
-            {**s, "customer": batch.customer, "first_seen_snapshot": batch.snapshot_id,
-             "last_seen_snapshot": batch.snapshot_id, "last_seen_at": now}
-            for _, s in by_id
-        ])
+    ctx = Context(batch.customer, batch.snapshot_id, now)
+    changes = Changes()
+    # Page by page, in arrival order: a system that moved between pages during the sweep ends
+    # with its later page's patch list.
+    for page_rows, page_systems in batch.pages():
+        reported = [s["resource_id"] for s in page_systems]
+        changes.add(page_changes := apply_page(conn, upsert, ctx, list(ordered_unique(page_rows)), reported))
+        changes.events.extend(page_changes.events)
+        if page_systems:
+            _write_systems(conn, upsert, ctx, page_systems, changes)
+    write_events(conn, changes.events)
+    _write_page_totals(conn, upsert, batch, now)
 
     for gap in sorted(batch.gaps, key=lambda g: g["page_num"]):
         gap_stmt = upsert(gaps).values(
@@ -113,9 +96,79 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     if batch.total_pages is not None:
         conn.execute(update(snapshots).where(snapshots.c.snapshot_id == batch.snapshot_id)
                      .values(total_pages=batch.total_pages, total_records=batch.total_records))
-    return _save_checkpoint(conn, batch, now)
+    result = _save_checkpoint(conn, batch, now)
+    result.changes = changes
+    return result
+
+
+def _write_systems(conn: Connection, upsert: Any, ctx: Context, page_systems: list[dict[str, Any]],
+                   changes: Changes) -> None:
+    by_id = dict(sorted({s["resource_id"]: s for s in page_systems}.items()))
+    for resource_id in returned_systems(conn, ctx, list(by_id)):
+        changes.events.append({"customer": ctx.customer, "resource_id": resource_id, "patch_id": None,
+                               "snapshot_id": ctx.snapshot_id, "observed_at": ctx.now,
+                               "event": "system_returned", "old_status": None, "new_status": None})
+    stmt = upsert(systems)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["customer", "resource_id"],
+        set_={name: stmt.excluded[name] for name in (
+            "resource_name", "patch_count", "last_seen_snapshot", "last_seen_page", "last_seen_at",
+            "last_seen_records", "retired_snapshot", "retired_at")},
+    )
+    conn.execute(stmt, [
+        {"resource_id": s["resource_id"], "resource_name": s["resource_name"], "patch_count": s["patch_count"],
+         "last_seen_page": s["last_seen_page"], "last_seen_records": s.get("total_records"),
+         "customer": ctx.customer, "first_seen_snapshot": ctx.snapshot_id, "last_seen_snapshot": ctx.snapshot_id,
+         "last_seen_at": ctx.now, "retired_snapshot": None, "retired_at": None}
+        for s in by_id.values()
+    ])
+
+
+def _write_page_totals(conn: Connection, upsert: Any, batch: Batch, now: datetime) -> None:
+    if not batch.page_totals:
+        return
+    stmt = upsert(snapshot_pages)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["snapshot_id", "page_num"],
+        set_={"total_records": stmt.excluded.total_records, "read_at": now,
+              "reads": snapshot_pages.c.reads + 1})
+    conn.execute(stmt, [{"snapshot_id": batch.snapshot_id, "page_num": page, "total_records": total,
+                         "reads": 1, "read_at": now} for page, total in sorted(batch.page_totals.items())])
+
+
+def stale_pages(conn: Connection, snapshot_id: int, total_pages: int, total_records: int | None) -> list[int]:
+    """Pages of the snapshot answered with another totalRecords than the latest: read before
+    the tenant changed, so systems may have shifted past them."""
+    if total_records is None:
+        return []
+    sp = snapshot_pages.c
+    return [int(r[0]) for r in conn.execute(
+        select(sp.page_num).where(sp.snapshot_id == snapshot_id, sp.page_num <= total_pages,
+                                  sp.total_records.is_not(None), sp.total_records != total_records)
+        .order_by(sp.page_num))]
 
 def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> CheckpointResult:
+    last_page = batch.last_page
+    if last_page is None:
+        last_page = conn.execute(select(checkpoints.c.last_page).where(
+            checkpoints.c.snapshot_id == batch.snapshot_id)).scalar()
+    snap = conn.execute(select(snapshots.c.total_pages, snapshots.c.total_records, snapshots.c.state,
+                               snapshots.c.reconcile_state)
+                        .where(snapshots.c.snapshot_id == batch.snapshot_id)).one_or_none()
+    total = batch.total_pages if batch.total_pages is not None else (snap[0] if snap else None)
+    records = batch.total_records if batch.total_records is not None else (snap[1] if snap else None)
+    complete, reread = bool(snap) and snap[2] == "complete", []
+    if last_page is not None and total is not None and last_page >= total and not complete:
+        reread = stale_pages(conn, batch.snapshot_id, total, records)
+        if not reread:
+            complete = True
+            conn.execute(update(snapshots).where(
+                snapshots.c.snapshot_id == batch.snapshot_id, snapshots.c.state == "running"
+            ).values(state="complete", completed_at=now))
+    reconciliation = None
+    if complete and snap is not None and snap[3] is None and not _open_gaps(conn, batch.snapshot_id):
+        reconciliation = reconcile(conn, dialect_insert(conn), Context(batch.customer, batch.snapshot_id, now),
+                                   records, batch.max_retire_share)
     systems_extracted, patches_extracted = conn.execute(
         select(func.count(), func.coalesce(func.sum(systems.c.patch_count), 0)).where(
             systems.c.customer == batch.customer, systems.c.last_seen_snapshot == batch.snapshot_id)
@@ -123,25 +176,43 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
     coverage = int(conn.execute(coverage_query(batch.customer)).scalar_one())
     denominator = batch.denominator or 0
     coverage_pct = round(100.0 * coverage / denominator, 2) if denominator else 0.0
-    last_page = batch.last_page
-    if last_page is None:
-        last_page = conn.execute(select(checkpoints.c.last_page).where(
-            checkpoints.c.snapshot_id == batch.snapshot_id)).scalar()
-    complete = False
     if last_page is not None:
         values = {"last_page": last_page, "systems_extracted": int(systems_extracted),
                   "patches_extracted": int(patches_extracted), "coverage_pct": coverage_pct,
                   "updated_at": now}
         stmt = dialect_insert(conn)(checkpoints).values(snapshot_id=batch.snapshot_id, created_at=now, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["snapshot_id"], set_=values))
-        total = batch.total_pages
-        if total is None:
-            total = conn.execute(select(snapshots.c.total_pages).where(
-                snapshots.c.snapshot_id == batch.snapshot_id)).scalar()
-        if total is not None and last_page >= total:
-            complete = True
-            conn.execute(update(snapshots).where(
-                snapshots.c.snapshot_id == batch.snapshot_id, snapshots.c.state == "running"
-            ).values(state="complete", completed_at=now))
     return CheckpointResult(last_page, int(systems_extracted), int(patches_extracted),
-                            coverage, coverage_pct, complete)
+                            coverage, coverage_pct, complete, reread_pages=reread, reconciliation=reconciliation)
+
+
+def _open_gaps(conn: Connection, snapshot_id: int) -> int:
+    return int(conn.execute(
+        select(func.count()).select_from(gaps.outerjoin(gap_state, and_(
+            gap_state.c.snapshot_id == gaps.c.snapshot_id, gap_state.c.page_num == gaps.c.page_num)))
+        .where(gaps.c.snapshot_id == snapshot_id, gaps.c.page_num > 0,  # the system report's, not the catalog's
+               gap_state.c.resolved_at.is_(None))).scalar_one())
+
+
+def reconcile(conn: Connection, upsert: Any, ctx: Context, total_records: int | None,
+              max_share: float) -> Reconciliation:
+    """Retire the present systems a complete, gap-free snapshot did not see in the tenant's final
+    state, unless that is more than ``max_share`` of them (a PMP answering with a fraction of the
+    tenant): then retire nothing and say why."""
+    s = systems.c
+    present = conn.execute(select(s.resource_id, s.last_seen_snapshot, s.last_seen_records).where(
+        s.customer == ctx.customer, s.retired_at.is_(None))).all()
+    unseen = sorted(row[0] for row in present if row[1] != ctx.snapshot_id or (
+        total_records is not None and row[2] is not None and row[2] != total_records))
+    if present and len(unseen) > max_share * len(present):
+        message = (f"snapshot {ctx.snapshot_id} would retire {len(unseen)} of {len(present)} systems "
+                   f"({100.0 * len(unseen) / len(present):.1f}%, more than PMP_MAX_RETIRE_SHARE "
+                   f"{max_share:g}); nothing was retired: check that PMP reported the whole tenant")
+        result = Reconciliation("refused", 0, 0, len(present), message)
+    else:
+        retired_mappings = retire_systems(conn, upsert, ctx, unseen) if unseen else 0
+        result = Reconciliation("reconciled", len(unseen), retired_mappings, len(present) - len(unseen))
+    conn.execute(update(snapshots).where(snapshots.c.snapshot_id == ctx.snapshot_id).values(
+        reconcile_state=result.state, retired_systems=result.retired_systems,
+        retired_mappings=result.retired_mappings))
+    return result

@@ -1,5 +1,19 @@
 """Opens the database: SQLAlchemy engine, SQLite file safety (parent directories, mode 0600,
-WAL, busy timeout), and schema creation that tolerates concurrent jobs.
+WAL, busy timeout), bounded waits, schema creation that tolerates concurrent jobs and the
+schema check (:mod:`pmp_scrapy.storage.schema_check`), all before the first page is fetched.
+
+Every wait for the database is bounded by one timeout, ``PMP_DB_TIMEOUT`` (``timeout`` here):
+
+- SQLite: the busy timeout, waited once at open (the WAL switch and the schema transaction
+  share it) and once per write transaction after that.
+- PostgreSQL: ``connect_timeout``; ``lock_timeout`` (the timeout) and ``statement_timeout``
+  (twice the timeout) unless the database or role sets its own; TCP keepalives and
+  ``tcp_user_timeout``; and a client-side limit (:mod:`pmp_scrapy.storage.watchdog`): a call
+  unanswered after ``statement_timeout`` + the timeout has its connection cut, for a server
+  that stops answering while its TCP connection stays up.
+
+A file that is not an SQLite database is refused before anything is changed (not even its
+mode), and a directory SQLite cannot create its journal in is named as such.
 
 Concurrency (several jobs, e.g. one per MSP customer, writing one database):
 
@@ -17,25 +31,32 @@ Concurrency (several jobs, e.g. one per MSP customer, writing one database):
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import sqlite3
-import stat
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from pmp_scrapy.errors import StorageError
+from pmp_scrapy.errors import NoDatabase, StorageError
 from pmp_scrapy.storage.schema import add_missing_columns, metadata
+from pmp_scrapy.storage.schema_check import schema_problems
+from pmp_scrapy.storage.sqlite_file import (
+    check_sqlite_file,
+    directory_problem,
+    enable_wal,
+    make_private,
+    prepare_sqlite_file,
+)
 from pmp_scrapy.storage.views import create_views
+from pmp_scrapy.storage.watchdog import Limits, give_up_after, guard_dialect, postgres_connect_args, postgres_session
 
 logger = logging.getLogger(__name__)
 
-_PRIVATE = stat.S_IRUSR | stat.S_IWUSR
 
 WRITE = "pmp_write"
 """Execution option marking a connection whose transaction will write (SQLite: BEGIN IMMEDIATE)."""
@@ -58,10 +79,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def describe_error(exc: BaseException) -> str:
-    """One line naming a database failure's cause, without SQL, parameters or passwords."""
+    """One line naming a database failure's cause, without SQL, parameters or passwords (a
+    call the watchdog cut, or one that waited long, says so)."""
     orig = getattr(exc, "orig", None) or exc
+    note = getattr(orig, "pmp_note", None)
+    if note and "did not answer" in note:
+        return note[:300]
     message = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    return f"{type(orig).__name__}: {message}"[:300]
+    return f"{type(orig).__name__}: {message}{f' ({note})' if note else ''}"[:300]
 
 
 def safe_url(url: str) -> str:
@@ -72,6 +97,61 @@ def safe_url(url: str) -> str:
         return "<invalid database URL>"
 
 
+def url_without_password(url: str) -> str | None:
+    """The database URL with its password removed (not masked: a client can use it with a
+    ``.pgpass`` file), or ``None`` when it cannot be read."""
+    try:
+        return make_url(url).set(password=None).render_as_string(hide_password=False)
+    except (ArgumentError, ValueError):
+        return None
+
+
+def without_password(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` taken out, however the URL was (mis)read."""
+    candidates = set()
+    with contextlib.suppress(ArgumentError, ValueError):
+        candidates.add(make_url(url).password or "")
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        candidates.update({parts.password or "", unquote(parts.password or "")})
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in authority and ":" in authority.split("@", 1)[0]:
+        candidates.add(authority.rsplit("@", 1)[0].split(":", 1)[1])  # everything between user: and the last @
+        candidates.add(authority.split("@", 1)[0].split(":", 1)[1])
+        candidates.add(authority.split("@", 1)[1].rpartition("@")[0])  # what a driver may take for the host
+    for secret in sorted(filter(None, candidates), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_url(url: str) -> None:
+    """Refuse, without repeating it, a URL whose password would be misread: an unencoded ``@``
+    in the password (the driver would take the rest of the password for the host), or a
+    PostgreSQL URL naming no database (the tables would land in the maintenance database)."""
+    if "://" not in url or url.startswith("sqlite"):
+        return
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if authority.count("@") > 1:
+        raise StorageError("PMP_DATABASE_URL holds more than one @ before the host: percent-encode an @ in "
+                           "the user name or password as %40")
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        raise StorageError("PMP_DATABASE_URL is not a valid database URL (a password holding @ : / or % "
+                           "must be percent-encoded)") from None
+    if not database:
+        raise StorageError("PMP_DATABASE_URL names no database (postgresql://user@host/DATABASE): "
+                           "the tables would land in the server's maintenance database")
+
+
+def database_host(url: str) -> str | None:
+    """The database server's host named in ``url`` (None for SQLite or an unreadable URL)."""
+    try:
+        return make_url(url).host
+    except ArgumentError:
+        return None
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind an SQLite URL, or ``None`` for other databases and in-memory SQLite."""
     parsed = make_url(url)
@@ -80,38 +160,16 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database).expanduser().resolve()
 
 
-def make_private(path: Path) -> None:
-    """chmod 0600 the SQLite file and its -wal/-shm companions that exist."""
-    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        try:
-            if candidate.exists() and stat.S_IMODE(candidate.stat().st_mode) != _PRIVATE:
-                os.chmod(candidate, _PRIVATE)
-        except OSError as exc:
-            logger.warning("could not make %s private: %s", candidate.name, exc.strerror)
-
-
-def _enable_wal(cursor: sqlite3.Cursor, busy_timeout: float) -> None:
-    """``PRAGMA journal_mode=WAL``, retried within the busy timeout: while another job switches
-    the same new file to WAL, SQLite answers "database is locked" at once, without waiting."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def _prepare_sqlite_file(path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, _PRIVATE))
-    except OSError as exc:
-        raise StorageError(f"cannot create the database file {path}: {exc.strerror}") from None
-    make_private(path)
+def _explain(url: str, path: Path | None, exc: BaseException, timeout: float) -> str:
+    """The one-line cause of a failed open."""
+    cause = describe_error(exc)
+    if path is not None and any(s in cause for s in ("unable to open", "readonly database", "read-only")):
+        cause = directory_problem(path) or cause
+    elif path is not None and "database is locked" in cause:
+        cause = cause.replace("database is locked", "database is locked: another job holds its write lock", 1)
+        if "waited" not in cause:
+            cause += f" (waited {timeout:g} s, PMP_DB_TIMEOUT={timeout:g})"
+    return cause
 
 
 def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) -> Engine:
@@ -119,12 +177,17 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
 
     Raises :class:`StorageError` with a one-line cause when the database cannot be reached,
     created or written."""
+    started = time.monotonic()
+    pg_timeout = max(busy_timeout, 1.0)  # 0 would switch PostgreSQL's timeouts off, not make them instant
+    check_url(url)
     path = sqlite_path(url)
     if path is not None:
         if create:
-            _prepare_sqlite_file(path)
+            prepare_sqlite_file(path)
         elif not path.exists():
-            raise StorageError(f"no database at {path}")
+            raise NoDatabase(f"no database at {path}")
+        else:
+            check_sqlite_file(path)
     try:
         kwargs: dict = {"future": True}
         if path is not None:
@@ -132,21 +195,23 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
         else:
             kwargs["pool_pre_ping"] = True
             if make_url(url).get_backend_name() == "postgresql":
-                kwargs["connect_args"] = {"options": "-c timezone=UTC", "application_name": "pmp_scrapy",
-                                          "connect_timeout": 10}
+                kwargs["connect_args"] = postgres_connect_args(url, pg_timeout)
         engine = create_engine(url, **kwargs)
-    except (ArgumentError, ImportError, SQLAlchemyError) as exc:
+    except (ArgumentError, ImportError, SQLAlchemyError, ValueError) as exc:
         raise StorageError(f"cannot open database {safe_url(url)}: {describe_error(exc)}") from None
 
     if path is not None:
+        guard_dialect(engine.dialect, Limits("the SQLite database", busy_timeout, None,
+                                             "another job may hold its write lock"))
+
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
             # Transactions are begun by _sqlite_begin, not implicitly by the driver.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             try:
-                if create:
-                    _enable_wal(cursor, busy_timeout)
+                if create and cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    enable_wal(cursor, max(busy_timeout - (time.monotonic() - started), 0.0))
                 cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             finally:
@@ -155,19 +220,50 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn) -> None:  # type: ignore[no-untyped-def]
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+    elif engine.dialect.name == "postgresql":
+        url_parts = make_url(url)
+        limits = Limits(f"PostgreSQL at {url_parts.host or 'localhost'}:{url_parts.port or 5432}", pg_timeout,
+                        give_up_after(pg_timeout), "a lock held by another session, or a server that stopped answering")
+        guard_dialect(engine.dialect, limits)
+
+        @event.listens_for(engine, "connect")
+        def _postgres_timeouts(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+            postgres_session(dbapi_connection, pg_timeout, limits)
 
     if create:
         try:
-            with writer(engine).begin() as conn:
+            _create_schema(engine, path, started, busy_timeout)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StorageError(f"cannot prepare database {safe_url(url)}: "
+                               f"{_explain(url, path, exc, busy_timeout)}") from None
+        except StorageError as exc:
+            engine.dispose()
+            raise StorageError(f"cannot use database {safe_url(url)}: {exc}") from None
+        if path is not None:
+            make_private(path)
+    return engine
+
+
+def _create_schema(engine: Engine, path: Path | None, started: float, busy_timeout: float) -> None:
+    """Absent tables and columns, the schema check and the views, in one write transaction. On
+    SQLite the transaction waits only what is left of the busy timeout (open waits it once)."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection if path is not None else None
+        if raw is not None:
+            remaining = max(busy_timeout - (time.monotonic() - started), 0.0)
+            raw.execute(f"PRAGMA busy_timeout={int(remaining * 1000)}")
+        try:
+            with conn.execution_options(**{WRITE: True}).begin():
                 if engine.dialect.name == "postgresql":
                     # Two jobs starting together would race on CREATE TABLE otherwise.
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(conn, checkfirst=True)
                 add_missing_columns(conn)
+                problem = schema_problems(conn)
+                if problem is not None:
+                    raise StorageError(problem)
                 create_views(conn)
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise StorageError(f"cannot prepare database {safe_url(url)}: {describe_error(exc)}") from None
-        if path is not None:
-            make_private(path)
-    return engine
+        finally:
+            if raw is not None:
+                raw.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

@@ -107,6 +107,7 @@ snapshots = Table(
     Column("reconcile_state", Text),
     Column("retired_systems", Integer),
     Column("retired_mappings", Integer),
+    Column("source", Text),  # "demo" for the built-in simulator's data, else "pmp"
 )
 Index("idx_dcapi_snapshots_customer", snapshots.c.customer, snapshots.c.snapshot_id)
 
@@ -125,9 +126,26 @@ systems = Table(
     # then gone from patch_system_mapping and kept in dcapi_mapping_history); NULL: present.
     Column("retired_snapshot", Integer),
     Column("retired_at", TIMESTAMP),
+    # totalRecords of the answer the system was last seen in: tells a system seen in the tenant's
+    # final state of a snapshot from one seen only before the tenant changed mid-sweep
+    Column("last_seen_records", Integer),
     PrimaryKeyConstraint("customer", "resource_id"),
 )
+Index("idx_dcapi_systems_present", systems.c.customer, systems.c.retired_at)
 Index("idx_dcapi_systems_snapshot", systems.c.customer, systems.c.last_seen_snapshot)
+
+# The totalRecords each page of a snapshot was last answered with: pages answered before the
+# tenant changed mid-sweep are read again before the snapshot counts as complete.
+snapshot_pages = Table(
+    "dcapi_snapshot_pages",
+    metadata,
+    Column("snapshot_id", Integer, nullable=False),
+    Column("page_num", Integer, nullable=False),
+    Column("total_records", Integer),
+    Column("reads", Integer, nullable=False, server_default="1"),
+    Column("read_at", TIMESTAMP, server_default=_now),
+    PrimaryKeyConstraint("snapshot_id", "page_num"),
+)
 
 gap_state = Table(
     "dcapi_gap_state",

@@ -58,6 +58,8 @@ class CustomerStatus:
     open_gaps: list[GapStatus] = field(default_factory=list)
     resolved_gaps: list[GapStatus] = field(default_factory=list)
     last_run: dict[str, Any] | None = None
+    last_complete_at: str | None = None  # when the latest complete sweep completed (UTC)
+    retired_systems: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,10 +89,13 @@ def _customer_status(conn: Connection, store: Store, customer: str, tables: set[
     status = CustomerStatus(customer=customer)
     if patch_system_mapping.name in tables and (not customer or systems.name in tables):
         status.systems_with_mappings = store.coverage(customer)
-        query = select(func.count()).select_from(patch_system_mapping)
-        if customer:
-            query = query.where(patch_system_mapping.c.resource_id.in_(
-                select(systems.c.resource_id).where(systems.c.customer == customer)))
+        present = select(systems.c.resource_id).where(systems.c.customer == customer)
+        if "retired_at" in {c["name"] for c in inspect(conn).get_columns(systems.name)}:
+            present = present.where(systems.c.retired_at.is_(None))
+            status.retired_systems = int(conn.execute(select(func.count()).select_from(systems).where(
+                systems.c.customer == customer, systems.c.retired_at.is_not(None))).scalar_one())
+        query = select(func.count()).select_from(patch_system_mapping).where(
+            patch_system_mapping.c.resource_id.in_(present))
         status.mappings = int(conn.execute(query).scalar_one())
     if snapshots.name in tables:
         def latest(column: Any) -> Any:
@@ -98,6 +103,8 @@ def _customer_status(conn: Connection, store: Store, customer: str, tables: set[
                                 .order_by(snapshots.c.snapshot_id.desc()).limit(1)).scalar()
 
         status.managed_total = latest(snapshots.c.managed_total)
+        status.last_complete_at = _when(conn.execute(select(func.max(snapshots.c.completed_at)).where(
+            snapshots.c.customer == customer, snapshots.c.state == "complete")).scalar())
         status.dcapi_total = latest(snapshots.c.total_records)
         snap = conn.execute(select(snapshots).where(snapshots.c.customer == customer)
                             .order_by(snapshots.c.snapshot_id.desc()).limit(1)).mappings().first()

@@ -12,10 +12,10 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, func, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from pmp_scrapy.errors import SnapshotIdConflict, StorageError
+from pmp_scrapy.errors import NoDatabase, SnapshotIdConflict, StorageError
 from pmp_scrapy.plan import RunState
 from pmp_scrapy.storage.batch import Batch, CheckpointResult
 from pmp_scrapy.storage.commit import commit_batch, coverage_query, utcnow
@@ -34,8 +34,8 @@ from pmp_scrapy.storage.schema import (
     gaps,
     patch_system_mapping,
     runs,
+    snapshot_pages,
     snapshots,
-    systems,
 )
 
 logger = logging.getLogger(__name__)
@@ -141,8 +141,16 @@ class Store:
             return state
         state.snapshot_id = int(snap["snapshot_id"])
         state.snapshot_state = snap["state"]
+        state.catalog_state = snap["catalog_state"]
         state.total_pages = snap["total_pages"]
+        state.total_records = snap["total_records"]
         state.page_limit = snap["page_limit"]
+        state.last_complete_at = conn.execute(
+            select(func.max(snapshots.c.completed_at)).where(
+                snapshots.c.customer == customer, snapshots.c.state == "complete")).scalar()
+        state.page_totals = {int(page): int(total) for page, total in conn.execute(
+            select(snapshot_pages.c.page_num, snapshot_pages.c.total_records).where(
+                snapshot_pages.c.snapshot_id == state.snapshot_id, snapshot_pages.c.total_records.is_not(None)))}
         state.last_page = conn.execute(
             select(checkpoints.c.last_page).where(checkpoints.c.snapshot_id == state.snapshot_id)
         ).scalar()
@@ -159,17 +167,46 @@ class Store:
         return state
 
     # --- snapshots ------------------------------------------------------------------------------
-    def start_snapshot(self, customer: str, page_limit: int, *, abandon: int | None = None) -> int:
+    def start_snapshot(self, customer: str, page_limit: int, *, abandon: int | None = None,
+                       source: str = "pmp") -> int:
         """Create a new running snapshot (marking ``abandon`` abandoned) and return its id.
 
         Ids are allocated above every snapshot id any table has seen, so a checkpoint or gap
         left by an earlier tool is never mistaken for ours."""
         for _ in range(5):
             try:
-                return self._run("starting a snapshot", _start_snapshot, customer, page_limit, abandon)
+                return self._run("starting a snapshot", _start_snapshot, customer, page_limit, abandon, source)
             except SnapshotIdConflict:
                 continue
         raise StorageError("could not allocate a snapshot id: too many concurrent jobs")
+
+    @staticmethod
+    def foreign_data(url: str, *, busy_timeout: float = 15.0) -> str | None:
+        """Why the database at ``url`` is not a demo database (it holds snapshots of a real PMP, or
+        mappings of another tool), or ``None`` when it is absent or holds demo data only. Reads
+        without creating or changing anything (demo mode must leave a production database as it is)."""
+        try:
+            engine = open_engine(url, busy_timeout=busy_timeout, create=False)
+        except NoDatabase:
+            return None
+        try:
+            with engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
+                if snapshots.name in tables:
+                    columns = {c["name"] for c in inspect(conn).get_columns(snapshots.name)}
+                    source = snapshots.c.source if "source" in columns else text("NULL")
+                    real = conn.execute(select(func.count()).select_from(snapshots).where(
+                        or_(source.is_(None), source != "demo"))).scalar_one()
+                    if real:
+                        return f"it holds {real} snapshot(s) of a real PMP server"
+                elif patch_system_mapping.name in tables and conn.execute(
+                        select(func.count()).select_from(patch_system_mapping)).scalar_one():
+                    return "it holds patch mappings written by another tool"
+        except SQLAlchemyError as exc:
+            return f"it cannot be read ({describe_error(exc)})"
+        finally:
+            engine.dispose()
+        return None
 
     def set_managed_total(self, snapshot_id: int, managed_total: int) -> None:
         """Remember the inventory's managed-system count on the snapshot."""
@@ -181,6 +218,14 @@ class Store:
     def commit_batch(self, batch: Batch) -> CheckpointResult:
         """Upsert the batch's rows and move the checkpoint, in one transaction."""
         return self._run("committing a batch", commit_batch, batch)
+
+    # --- the patch catalog -----------------------------------------------------------------------------
+    def commit_catalog_page(self, commit: Any) -> Any:
+        """One catalog answer (rows, gap or "unavailable") in one transaction; see
+        :mod:`pmp_scrapy.storage.catalog` (``commit`` is its ``CatalogCommit``)."""
+        from pmp_scrapy.storage.catalog import commit_catalog
+
+        return self._run("committing a catalog page", commit_catalog, commit)
 
     # --- runs ------------------------------------------------------------------------------------------
     def record_run(self, **values: Any) -> None:
@@ -194,7 +239,7 @@ class Store:
             .order_by(runs.c.run_id.desc()).limit(1)).scalar(), write=False)
 
 
-def _start_snapshot(conn: Connection, customer: str, page_limit: int, abandon: int | None) -> int:
+def _start_snapshot(conn: Connection, customer: str, page_limit: int, abandon: int | None, source: str) -> int:
     if conn.dialect.name == "postgresql":
         # Jobs of other customers allocate ids from the same sequence of max()+1: take
         # turns (SQLite's BEGIN IMMEDIATE already serialises writers).
@@ -211,7 +256,7 @@ def _start_snapshot(conn: Connection, customer: str, page_limit: int, abandon: i
     try:
         conn.execute(insert(snapshots).values(
             snapshot_id=snapshot_id, customer=customer, state="running",
-            page_limit=page_limit, started_at=utcnow()))
+            page_limit=page_limit, started_at=utcnow(), source=source))
     except IntegrityError:
         raise SnapshotIdConflict(f"snapshot id {snapshot_id} was taken by another job") from None
     return snapshot_id

@@ -17,7 +17,7 @@ Scrapy. Every function takes an open :class:`~sqlalchemy.Engine` (the run's) or 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, insert, select, text
@@ -27,6 +27,9 @@ from pmp_scrapy.errors import StorageError
 from pmp_scrapy.storage.engine import describe_error, open_engine, writer
 from pmp_scrapy.storage.locks import advisory_key
 from pmp_scrapy.storage.schema import token_mints
+from pmp_scrapy.token_budget import budget_wait
+
+__all__ = ["budget_wait", "claim_mint", "mints_since", "prune_mints", "record_mint"]
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -39,17 +42,6 @@ ZOHO_WINDOW = 600.0
 CLOCK_SLACK = 5.0
 
 MINT_NAMESPACE = "pmp_scrapy token mints"
-
-
-def budget_wait(mint_times: Sequence[float], now: float, budget: int = ZOHO_BUDGET,
-                window: float = ZOHO_WINDOW) -> float:
-    """Seconds to wait before the next mint so that no ``window`` holds more than ``budget``
-    mints: 0 while fewer than ``budget`` fall in the last ``window`` seconds, else until the
-    oldest of the last ``budget`` leaves it (a mint exactly ``window`` ago is out)."""
-    recent = sorted(t for t in mint_times if now - t < window)
-    if len(recent) < budget:
-        return 0.0
-    return max(0.0, recent[-budget] + window - now)
 
 
 @contextlib.contextmanager

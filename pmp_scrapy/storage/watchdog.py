@@ -1,0 +1,208 @@
+"""Bounded database calls: every statement, commit, rollback and ping the driver makes runs under
+a watchdog (one daemon thread for the process).
+
+- After :data:`SLOW_AFTER` seconds without an answer, one ``db_waiting`` WARNING says the run is
+  waiting for the database, and for how long it will (a lock held by another job is the usual
+  cause; the wait itself is silent otherwise).
+- On PostgreSQL, a call still unanswered ``give_up`` seconds after it began has its socket shut
+  down: the driver fails at once with a connection error, the store turns it into one line
+  naming the server (never the password), and the run stops with exit code 1. The server's own
+  ``statement_timeout`` and ``lock_timeout`` fire first when the server answers; this catches
+  the server (or a proxy, or the network) that stops answering while the TCP connection stays
+  up, which no keepalive notices because the peer's kernel still acknowledges.
+- SQLite needs no give-up: its busy timeout bounds every lock wait.
+
+:func:`guard_dialect` wraps the dialect's ``do_execute``, ``do_executemany``,
+``do_execute_no_params``, ``do_commit``, ``do_rollback`` and ``do_ping`` of one engine. A failure
+of a call that waited at least :data:`SLOW_AFTER` seconds carries ``pmp_note`` (read by
+:func:`pmp_scrapy.storage.engine.describe_error`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+logger = logging.getLogger(__name__)
+
+SLOW_AFTER = 2.0  # seconds without an answer before the run says it is waiting for the database
+_GUARDED = ("do_execute", "do_executemany", "do_execute_no_params", "do_commit", "do_rollback", "do_ping")
+
+
+@dataclass(order=True)
+class _Alarm:
+    when: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+    armed: bool = field(default=True, compare=False)
+
+
+class Watchdog:
+    """Runs actions at deadlines unless they are disarmed first. An action runs under the
+    watchdog's lock, so once :meth:`disarm` has returned, its action cannot run any more."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[_Alarm] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, delay: float, action: Callable[[], None]) -> _Alarm:
+        alarm = _Alarm(time.monotonic() + delay, next(self._seq), action)
+        with self._cond:
+            heapq.heappush(self._heap, alarm)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="pmp-db-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return alarm
+
+    def disarm(self, alarm: _Alarm) -> None:
+        with self._cond:
+            alarm.armed = False
+
+    def _loop(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and not self._heap[0].armed:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait(60)
+                    continue
+                delay = self._heap[0].when - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                alarm = heapq.heappop(self._heap)
+                alarm.armed = False
+                try:
+                    alarm.action()
+                except Exception:  # the watchdog must outlive any action
+                    logger.debug("database watchdog action failed", exc_info=True)
+
+
+WATCHDOG = Watchdog()
+
+
+@dataclass
+class Limits:
+    """What one engine's calls may take: ``give_up`` None never cuts a connection (SQLite)."""
+
+    server: str  # "PostgreSQL at host:5432" or "the SQLite database"
+    timeout: float  # PMP_DB_TIMEOUT, for messages
+    give_up: float | None
+    hint: str  # what a long wait usually means
+
+
+def _shutdown_socket(target: Any) -> bool:
+    """Shut the PostgreSQL connection's socket down: the driver's blocked read returns at once."""
+    pgconn = getattr(target, "pgconn", None) or getattr(getattr(target, "connection", None), "pgconn", None)
+    try:
+        fd = pgconn.socket  # a cursor's or a connection's (psycopg 3)
+    except Exception:  # noqa: BLE001 - closed already, or not psycopg
+        return False
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return True
+
+
+def _guarded(method: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
+    def call(target: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        cut = threading.Event()
+
+        def slow() -> None:
+            logger.warning("waiting for the database: %s has not answered for %.0f s (%s); %s",
+                           limits.server, SLOW_AFTER, limits.hint,
+                           f"giving up after {limits.give_up:.0f} s" if limits.give_up
+                           else f"waiting up to {limits.timeout:g} s (PMP_DB_TIMEOUT)",
+                           extra={"event_type": "db_waiting", "waited_s": SLOW_AFTER,
+                                  "timeout_s": limits.timeout})
+
+        def give_up() -> None:
+            cut.set()
+            _shutdown_socket(target)
+
+        alarms = [WATCHDOG.arm(SLOW_AFTER, slow)]
+        if limits.give_up:
+            alarms.append(WATCHDOG.arm(limits.give_up, give_up))
+        try:
+            return method(target, *args, **kwargs)
+        except Exception as exc:
+            waited = time.monotonic() - started
+            if cut.is_set():
+                exc.pmp_note = (f"{limits.server} did not answer within {limits.give_up:.0f} s; the connection "  # type: ignore[attr-defined]
+                                f"was closed (PMP_DB_TIMEOUT={limits.timeout:g})")
+            elif waited >= SLOW_AFTER:
+                exc.pmp_note = f"waited {waited:.0f} s, PMP_DB_TIMEOUT={limits.timeout:g}"  # type: ignore[attr-defined]
+            raise
+        finally:
+            for alarm in alarms:
+                WATCHDOG.disarm(alarm)
+
+    return call
+
+
+def guard_dialect(dialect: Any, limits: Limits) -> None:
+    """Put every driver call of ``dialect`` (one engine's own instance) under the watchdog."""
+    for name in _GUARDED:
+        method = getattr(dialect, name, None)
+        if method is not None:
+            setattr(dialect, name, _guarded(method, limits))
+
+
+# --- PostgreSQL's own limits, set per session -------------------------------------------------------------
+
+def postgres_connect_args(url: str, timeout: float) -> dict:
+    """Session settings and socket limits for psycopg; what the URL sets itself wins."""
+    given = set(make_url(url).query)
+    wait = max(round(timeout), 1)
+    args: dict = {"application_name": "pmp_scrapy", "connect_timeout": max(wait, 2),
+                  "keepalives": 1, "keepalives_idle": wait, "keepalives_interval": max(wait // 3, 1),
+                  "keepalives_count": 3, "tcp_user_timeout": int(give_up_after(timeout) * 1000)}
+    args = {key: value for key, value in args.items() if key not in given}
+    args["options"] = "-c timezone=UTC"
+    return args
+
+
+def give_up_after(timeout: float) -> float:
+    """Seconds a PostgreSQL call may go unanswered before its connection is cut: the statement
+    timeout (twice ``timeout``) plus ``timeout``."""
+    return 3 * timeout
+
+
+def postgres_session(dbapi_connection, timeout: float, limits: Limits) -> None:  # type: ignore[no-untyped-def]
+    """lock_timeout and statement_timeout for this session, unless the database or role sets
+    its own (not 0); a longer statement_timeout of theirs also lengthens the client's limit."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SELECT name, setting FROM pg_settings WHERE name IN ('lock_timeout', 'statement_timeout')")
+        settings = {name: int(value) for name, value in cursor.fetchall()}  # milliseconds
+        if not settings.get("lock_timeout"):
+            cursor.execute(f"SET lock_timeout = {int(timeout * 1000)}")
+        statement_ms = settings.get("statement_timeout") or 0
+        if not statement_ms:
+            cursor.execute(f"SET statement_timeout = {int(2 * timeout * 1000)}")
+        elif limits.give_up is not None:
+            limits.give_up = max(limits.give_up, statement_ms / 1000 + timeout)
+    finally:
+        cursor.close()
+    dbapi_connection.commit()

@@ -26,6 +26,7 @@ from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, CheckpointResult
 from pmp_scrapy.storage.batch import Reconciliation
+from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -75,7 +76,7 @@ class MappingPipeline:
 
     async def process_item(self, item: Any) -> Any:
         if self._failed:
-            raise DropItem("the database failed earlier in this run; nothing more is stored")
+            raise self._refused(item)
         if isinstance(item, InventoryTotal):
             self.run.managed_total = item.managed_total
             await self._write(self.store.set_managed_total, item.snapshot_id, item.managed_total)
@@ -90,11 +91,19 @@ class MappingPipeline:
         # SCRAPER_SLOT_MAX_ACTIVE_SIZE is reached. Memory holds one batch however fast PMP answers.
         async with self._admit:
             if self._failed:
-                raise DropItem("the database failed earlier in this run; nothing more is stored")
+                raise self._refused(item)
             self._add(item)
             if self._page_count >= self.config.checkpoint_every:
                 await self.flush()
         return item
+
+    @staticmethod
+    def _refused(item: Any) -> DropItem:
+        """A page that arrives after a database failure is not stored. Its rows go at once, so
+        that Scrapy's drop log line, which carries the item, stays short (never the page)."""
+        if isinstance(item, (PatchPage, CatalogPage)):
+            item.rows = type(item.rows)()
+        return DropItem("the database failed earlier in this run; nothing more is stored")
 
     def _add(self, item: PatchPage | PageGap) -> None:
         """Turn a page into rows (or a gap) in the current batch."""
@@ -143,7 +152,7 @@ class MappingPipeline:
             commit = CatalogCommit(customer, item.snapshot_id, item.page, rows=item.rows, end=item.end)
         async with self._admit:
             if self._failed:
-                raise DropItem("the database failed earlier in this run; nothing more is stored")
+                raise self._refused(item)
             try:
                 result = await run_in_thread(self.store.commit_catalog_page, commit)
             except StorageError as exc:
@@ -216,9 +225,12 @@ class MappingPipeline:
         batch.denominator = self.run.denominator()
         try:
             result = await run_in_thread(self.store.commit_batch, batch)
-        except StorageError as exc:
+        except Exception as exc:  # noqa: BLE001 - the store's error or our own: fatal, in one line
             self._failed = True
-            stop_run(self.crawler, "pmp_database_error", str(exc))
+            if not isinstance(exc, StorageError):
+                logger.debug("the batch commit raised", exc_info=True)
+            stop_run(self.crawler, "pmp_database_error", str(exc) if isinstance(exc, StorageError) else
+                     one_line(f"committing a batch failed: {type(exc).__name__}: {exc}"))
             return
         for page in pages:
             watermark.mark(page)
@@ -294,5 +306,6 @@ class MappingPipeline:
             extra={"event_type": "extraction_progress", "page": item.page, "total_pages": item.total_pages,
                    "systems_extracted": self._systems_seen, "patches_extracted": self._mappings_seen,
                    "total_systems": run.denominator(), "progress_pct": run.progress_pct(),
+                   "sweep_pct": run.sweep_pct(),
                    "errors_total": run.gaps_settled, "eta_minutes": run.eta_minutes()},
         )

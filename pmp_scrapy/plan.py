@@ -72,6 +72,7 @@ class RunPlan:
     new_snapshot: bool = False
     watermark: Watermark = field(default_factory=Watermark)
     page_limit: int = 30  # the snapshot's page size (pageLimit), kept for its whole life
+    abandoned: int | None = None  # the running snapshot this new one replaced
     #: page -> totalRecords it was answered with, in earlier runs of this snapshot
     known_page_totals: dict[int, int] = field(default_factory=dict)
 
@@ -194,4 +195,5 @@ def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_p
         watermark=Watermark((first or 1) - 1),
         page_limit=page_limit if new or not state.page_limit else state.page_limit,
         known_page_totals={} if new else dict(state.page_totals),
+        abandoned=decision.abandon if new else None,
     )

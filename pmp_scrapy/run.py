@@ -94,6 +94,15 @@ class RunRecord:
             return None
         return round(min(100.0, 100.0 * self.pages_settled / planned), 1)
 
+    def sweep_pct(self) -> float | None:
+        """Share of the whole snapshot's pages behind this run's progress (``progress_pct`` is of
+        this run's planned pages only)."""
+        plan, total = self.plan, self.total_pages or (self.plan.known_total_pages if self.plan else None)
+        if plan is None or not total:
+            return None
+        done = (plan.first_page - 1 if plan.first_page else total) + self.pages_settled - len(plan.retry_pages)
+        return round(min(100.0, max(0.0, 100.0 * done / total)), 1)
+
     def eta_minutes(self) -> float | None:
         """Minutes until this run's planned pages are settled, at the pace so far."""
         planned = self.planned_pages()

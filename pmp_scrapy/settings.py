@@ -50,7 +50,7 @@ RETRY_HTTP_CODES = [429, *range(500, 600)]  # every 5xx; RETRY_TIMES comes from 
 COOKIES_ENABLED = False
 TELNETCONSOLE_ENABLED = False
 REMOTE_CONTROL_ENABLED = False  # an in-process code execution port; it could read tokens from memory
-USER_AGENT = "pmp_scrapy/1.0 (+https://github.com/pmp-scrapy)"
+USER_AGENT = "pmp_scrapy/1.0 (ManageEngine Patch Manager Plus patch inventory extractor)"
 HTTPERROR_ALLOW_ALL = False
 
 DOWNLOADER_MIDDLEWARES = {

@@ -207,6 +207,12 @@ class Command(ScrapyCommand):
         except (ConfigError, StorageError) as exc:
             self._fail(opts, "error", str(exc), url or str(settings.get("PMP_DATABASE_URL") or ""))
             return
+        unknown = [s.customer for s in statuses if opts.customer is not None and s.snapshot is None
+                   and s.last_run is None and not s.systems_with_mappings]
+        if unknown:
+            self._fail(opts, "unknown_customer", f"no customer {opts.customer!r} in {safe_url(url)} "
+                       "(customer names are exact; `scrapy status` lists them)")
+            return
         reports = [summarise(s, target, total, refresh) for s in statuses]
         if opts.json:
             print(json.dumps({"database": safe_url(url), "customers": reports}, indent=2, default=str))

@@ -38,6 +38,7 @@ from pmp_scrapy.plan import PlanDecision, RunPlan, RunState, decide, make_plan
 from pmp_scrapy.run import RunOwner, RunRecord
 from pmp_scrapy.storage import Store
 from pmp_scrapy.storage.engine import database_host, safe_url
+from pmp_scrapy.storage.watchdog import call_within, give_up_after
 from pmp_scrapy.storage.locks import LockHeld, TenantLock, acquire_tenant_lock, fingerprint, tenant_key
 from pmp_scrapy.storage.token_mints import claim_mint
 
@@ -202,6 +203,7 @@ class Checkpoints(RunOwner):
                            extra={"event_type": "coverage_over_denominator", "coverage": run.coverage,
                                   "total_systems": total})
         if not self._leave_database_alone:
+            self._undo_unused_snapshot()
             self._record(reason)
         outcome = run.outcome
         summary = {"close_reason": reason, **run.summary()}
@@ -213,9 +215,33 @@ class Checkpoints(RunOwner):
                           **{k: v for k, v in summary.items() if k != "message"}})
         self.store.close()
         if self._lock is not None:
-            self._lock.release()  # after the last commit: the next run of this tenant may start
+            # after the last commit: the next run of this tenant may start. Bounded: a PostgreSQL
+            # that stopped answering frees the lock itself when the session goes.
+            if not call_within(self._lock.release, give_up_after(self.config.sqlite_busy_timeout)):
+                logger.warning("the run lock was not released: the database does not answer (it frees the lock "
+                               "when the session ends)", extra={"event_type": "run_lock_release_failed"})
             self._lock = None
         await self.crawler.signals.send_catch_log_async(pmp_signals.run_finished, summary=summary)
+
+    def _undo_unused_snapshot(self) -> None:
+        """A fatal run (authentication, token, configuration) that started a snapshot and wrote
+        nothing to it takes it back: the previous sweep is not abandoned for nothing."""
+        run = self.run
+        assert run is not None and run.outcome is not None
+        plan = run.plan
+        if (plan is None or not plan.new_snapshot or run.outcome.exit_code != 1 or run.pages_committed
+                or run.gaps_opened or run.gaps_resolved):
+            return
+        try:
+            self.store.undo_snapshot_start(plan.snapshot_id, plan.abandoned)
+        except StorageError as exc:
+            logger.warning("could not take back the unused snapshot %d: %s", plan.snapshot_id, exc,
+                           extra={"event_type": "snapshot_undo_failed"})
+            return
+        logger.info("snapshot %d taken back: the run failed before writing to it%s", plan.snapshot_id,
+                    f"; snapshot {plan.abandoned} continues" if plan.abandoned else "",
+                    extra={"event_type": "snapshot_undone", "snapshot_id": plan.snapshot_id,
+                           "resumed": plan.abandoned})
 
     def _warn_if_coverage_fell(self, reason: str) -> None:
         run = self.run
@@ -240,7 +266,7 @@ class Checkpoints(RunOwner):
         try:
             self.store.record_run(
                 customer=self.config.customer_key, snapshot_id=run.snapshot_id,
-                started_at=run.started_at.replace(tzinfo=None), close_reason=reason,
+                started_at=run.started_at.replace(tzinfo=None), close_reason=run.abort_reason or reason,
                 exit_code=outcome.exit_code, pages_committed=run.pages_committed,
                 gaps_opened=run.gaps_opened, gaps_resolved=run.gaps_resolved,
                 mappings_upserted=run.mappings_upserted, systems_with_mappings=run.coverage,

@@ -102,7 +102,7 @@ class Pacer:
     def from_crawler(cls, crawler: Crawler) -> Self:
         download_delay = float(read(crawler.settings, "DOWNLOAD_DELAY"))
         if download_delay <= 0:
-            raise NotConfigured("DOWNLOAD_DELAY is 0: no request rate to pace")
+            raise NotConfigured  # silent: DOWNLOAD_DELAY is 0, no request rate to pace
         settings = crawler.settings
         pacer = cls(crawler, pace_limits(settings, download_delay))
         if settings.getbool("AUTOTHROTTLE_ENABLED"):

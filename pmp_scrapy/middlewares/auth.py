@@ -52,6 +52,8 @@ __all__ = ["TokenMiddleware", "token_lifetime"]
 logger = logging.getLogger(__name__)
 
 TOKEN_TRIES = 3
+#: token failures no retry can fix: the run stops at the first
+FINAL_CAUSES = frozenset({"bad_credentials", "throttled"})
 MAX_CONSECUTIVE_401 = 3
 MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
 
@@ -233,6 +235,8 @@ class TokenMiddleware:
                 logger.warning("token refresh try %d of %d failed: %s", attempt, TOKEN_TRIES, exc,
                                extra={"event_type": "token_refresh", "reason": reason, "success": False,
                                       "token_age_s": age, "attempt": attempt, "cause": exc.cause})
+                if exc.cause in FINAL_CAUSES:
+                    break  # wrong credentials, or Zoho's 10-minute budget spent: another try cannot succeed
                 if attempt < TOKEN_TRIES and not await pause(self.crawler, retry_wait(
                         None, None, attempt=attempt, base=self.config.backoff_base, cap=self.config.max_retry_after)):
                     raise IgnoreRequest("the run is stopping: the wait between token tries was cut short")
@@ -250,7 +254,7 @@ class TokenMiddleware:
                 "lifetime_s": self._lifetime})
             return
         assert error is not None
-        logger.error("token refresh failed after %d tries: %s", TOKEN_TRIES, error,
+        logger.error("token refresh failed after %d tries: %s", attempt, error,
                      extra={"event_type": "token_refresh", "reason": reason, "success": False,
                             "token_age_s": age, "cause": error.cause})
         raise error

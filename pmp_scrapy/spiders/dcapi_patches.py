@@ -36,6 +36,7 @@ from pmp_scrapy.plan import stale_pages
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
 from pmp_scrapy.run import find_run
+from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
@@ -220,6 +221,8 @@ class DcapiPatchesSpider(scrapy.Spider):
         assert self.plan is not None
         page = response.meta["pmp_page"]
         retried = response.meta.get("pmp_retried_gap", False)
+        if self._refused_customer(response):
+            return
         if response.status != 200:
             yield self._gap(page, gap_type_for_status(response.status),
                             f"HTTP {response.status} after {self._attempts(response.meta)} attempt(s)",
@@ -262,6 +265,16 @@ class DcapiPatchesSpider(scrapy.Spider):
         if not request.meta.get("pmp_retried_gap"):
             yield from self._more_pages()
 
+    def _refused_customer(self, response: Response) -> bool:
+        """A wrong customer name is the operator's configuration, not a transient page failure:
+        PMP answers HTTP 400 "Invalid customer name"; the run stops (exit 1) with no gap."""
+        if response.status != 400 or b"invalid customer name" not in response.body[:2000].lower():
+            return False
+        stop_run(self.crawler, "pmp_config_error",
+                 f"PMP does not know the customer {self.config.customer!r} (HTTP 400 Invalid customer name): "
+                 "names are exact and case-sensitive; check -a customer / PMP_CUSTOMER")
+        return True
+
     def _attempts(self, meta: dict[str, Any]) -> int:
         return int(meta.get("retry_times", 0)) + 1
 
@@ -288,6 +301,8 @@ class DcapiPatchesSpider(scrapy.Spider):
     def parse_inventory(self, response: Response) -> Iterator[Any]:
         """The managed-system count, the denominator of coverage."""
         assert self.plan is not None
+        if self._refused_customer(response):
+            return
         total = None
         if response.status == 200:
             try:

@@ -120,7 +120,8 @@ class Reader:
         """``query``, reading the named ``views``, as a statement; a list or tuple parameter
         becomes an IN list (``IN :ids``)."""
         statement = text((with_views(self.dialect, *views) if views else "") + query)
-        lists = [bindparam(name, expanding=True) for name, value in params.items() if isinstance(value, list | tuple)]
+        lists: list[Any] = [bindparam(name, expanding=True) for name, value in params.items()
+                            if isinstance(value, list | tuple)]
         return statement.bindparams(*lists) if lists else statement
 
     def rows(self, query: str, *views: str, **params: Any) -> list[dict[str, Any]]:

@@ -27,12 +27,12 @@ from pmp_scrapy.storage.report_reader import (
 def head(reader: Reader, scope: Scope) -> dict[str, Any]:
     """Coverage and freshness of the scope's customer (``dcapi_v_customers``); raises
     :class:`UnknownSubject` for a named customer the database does not know."""
-    [row] = reader.rows("SELECT * FROM dcapi_v_customers WHERE customer = :customer", "dcapi_v_customers",
-                        customer=scope.customer) or [None]
-    if row is None and scope.customer:
+    found = reader.rows("SELECT * FROM dcapi_v_customers WHERE customer = :customer", "dcapi_v_customers",
+                        customer=scope.customer)
+    if not found and scope.customer:
         known = [name or "(default)" for name in reader.customers()]
         raise UnknownSubject(f"no customer {scope.customer!r} in the database (customers: {', '.join(known) or 'none'})")
-    row = row or {}
+    row = found[0] if found else {}
     return {
         "customer": scope.customer,
         "systems": int(row.get("systems") or 0),

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, inspect, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, inspect, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pmp_scrapy.errors import NoDatabase, SnapshotIdConflict, StorageError
@@ -207,6 +207,17 @@ class Store:
         finally:
             engine.dispose()
         return None
+
+    def undo_snapshot_start(self, snapshot_id: int, abandoned: int | None) -> None:
+        """Take back a snapshot that a failed run started but never wrote to: it is deleted and
+        the snapshot it replaced runs again, so a run that fails authentication abandons nothing."""
+        def undo(conn: Connection) -> None:
+            conn.execute(delete(snapshots).where(snapshots.c.snapshot_id == snapshot_id))
+            if abandoned is not None:
+                conn.execute(update(snapshots).where(snapshots.c.snapshot_id == abandoned,
+                                                     snapshots.c.state == "abandoned")
+                             .values(state="running", completed_at=None))
+        self._run("taking back a snapshot", undo)
 
     def set_managed_total(self, snapshot_id: int, managed_total: int) -> None:
         """Remember the inventory's managed-system count on the snapshot."""

@@ -206,3 +206,26 @@ def postgres_session(dbapi_connection, timeout: float, limits: Limits) -> None: 
     finally:
         cursor.close()
     dbapi_connection.commit()
+
+
+def call_within(fn: Callable[[], Any], seconds: float) -> bool:
+    """Run ``fn`` in a daemon thread and wait at most ``seconds`` for it: ``True`` when it returned
+    (its exception, if any, is raised here), ``False`` when it is still waiting (for a database
+    that stopped answering, say; the thread is left to the process's exit)."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="pmp-bounded-call", daemon=True).start()
+    if not done.wait(seconds):
+        return False
+    if failure:
+        raise failure[0]
+    return True

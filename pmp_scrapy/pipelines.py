@@ -225,7 +225,7 @@ class MappingPipeline:
         batch.denominator = self.run.denominator()
         try:
             result = await run_in_thread(self.store.commit_batch, batch)
-        except Exception as exc:  # noqa: BLE001 - the store's error or our own: fatal, in one line
+        except Exception as exc:  # the store's error or our own: fatal, in one line
             self._failed = True
             if not isinstance(exc, StorageError):
                 logger.debug("the batch commit raised", exc_info=True)

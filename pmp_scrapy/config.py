@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from scrapy.settings import BaseSettings
 
 __all__ = ["DEMO_DATABASE_URL", "ENVIRONMENT_SETTINGS", "SETTINGS", "EnvironmentAddon", "PMPConfig",
-           "apply_environment", "apply_spider_arguments", "derive_accounts_url", "get_config",
+           "apply_environment", "apply_spider_arguments", "customer_name", "derive_accounts_url", "get_config",
            "is_loopback_host", "load_config", "parse_flag"]
 
 
@@ -288,10 +288,15 @@ def apply_spider_arguments(settings: BaseSettings, arguments: Mapping[str, Any])
         if name not in SPIDER_ARGUMENTS:
             known = ", ".join(sorted(SPIDER_ARGUMENTS))
             raise ConfigError(f"unknown spider argument {name!r} (known: {known})")
-        if name in ("reset", "demo"):
-            value = parse_flag(name, value)
-        else:
-            value = str(value).strip()
-            if not value or len(value) > 200 or any(ch in value for ch in "\r\n\t"):
-                raise ConfigError(f"customer must be a customer name, got {value!r}")
+        value = parse_flag(name, value) if name in ("reset", "demo") else customer_name(value)
         settings.set(SPIDER_ARGUMENTS[name], value, priority="cmdline")
+
+
+def customer_name(value: Any) -> str:
+    """One MSP customer name as a spider argument gives it (exact and case-sensitive on the
+    server, so only the surrounding spaces go); :mod:`pmp_scrapy.customers` reads
+    ``customer=all`` and comma-separated lists with it, name by name."""
+    text = str(value).strip()
+    if not text or len(text) > 200 or any(ch in text for ch in "\r\n\t"):
+        raise ConfigError(f"customer must be a customer name, got {text!r}")
+    return text

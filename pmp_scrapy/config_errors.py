@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from pmp_scrapy.config import database_url_from_settings, parse_flag
@@ -45,7 +45,7 @@ def record_config_error(settings: BaseSettings, message: str) -> None:
     customer = str(settings.get("PMP_CUSTOMER") or "").strip()
     try:
         store.record_run(customer=customer, snapshot_id=None,
-                         started_at=datetime.now(timezone.utc).replace(tzinfo=None),
+                         started_at=datetime.now(UTC).replace(tzinfo=None),
                          close_reason="pmp_config_error", exit_code=1, pages_committed=0, gaps_opened=0,
                          gaps_resolved=0, mappings_upserted=0, systems_with_mappings=None, coverage_pct=None,
                          message=message[:1000])

@@ -21,7 +21,7 @@ from scrapy.settings import SETTINGS_PRIORITIES
 from pmp_scrapy.config import DEMO_DATABASE_URL, parse_flag
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings

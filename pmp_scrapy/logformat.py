@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging.handlers import TimedRotatingFileHandler
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ class JsonLogFormatter(JsonFormatter):
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
                    message_dict: dict[str, Any]) -> None:
-        created = datetime.fromtimestamp(record.created, tz=timezone.utc)
+        created = datetime.fromtimestamp(record.created, tz=UTC)
         log_data["timestamp"] = created.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
@@ -263,7 +263,7 @@ class LoggingAddon:
             _state.announced = True
             from scrapy.utils.log import log_scrapy_info
 
-            log_scrapy_info(settings)
+            log_scrapy_info(settings)  # type: ignore[arg-type]  # reads only, any settings object will do
 
 
 class PMPLogFormatter(LogFormatter):
@@ -271,8 +271,8 @@ class PMPLogFormatter(LogFormatter):
     registered secrets in request URLs (a Slack webhook URL is a secret)."""
 
     def crawled(self, request: Any, response: Any, spider: Any) -> dict[str, Any]:  # type: ignore[override]
-        result = dict(super().crawled(request, response, spider))
-        args = dict(result.get("args") or {})
+        result: dict[str, Any] = dict(super().crawled(request, response, spider))
+        args: dict[str, Any] = dict(result.get("args") or {})
         for key in ("request", "referer"):
             if key in args and args[key] is not None:
                 args[key] = mask_secrets(str(args[key]))

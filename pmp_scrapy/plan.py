@@ -10,7 +10,7 @@ up to it is committed or a gap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class Watermark:
@@ -154,7 +154,7 @@ def decide(state: RunState, *, reset: bool, target_met: bool = False, refresh_in
         return PlanDecision(None, None, last + 1, tuple(state.open_gap_pages))
     if state.open_gap_pages:
         return PlanDecision(None, None, None, tuple(state.open_gap_pages))
-    age = _age_seconds(state.last_complete_at, now or datetime.now(timezone.utc).replace(tzinfo=None))
+    age = _age_seconds(state.last_complete_at, now or datetime.now(UTC).replace(tzinfo=None))
     if target_met:
         if refresh_interval <= 0:
             return PlanDecision(None, None, None, (), idle_reason="target met (PMP_REFRESH_INTERVAL=0: never refresh)")

@@ -4,7 +4,8 @@ Secrets (client secret, refresh token, API key, Slack webhook) never live here."
 
 from scrapy.settings import default_settings as _scrapy_defaults
 
-from pmp_scrapy import config as _config, footprint as _footprint
+from pmp_scrapy import config as _config
+from pmp_scrapy import footprint as _footprint
 
 # The one piece of logic here: Scrapy imports this module before it walks its commands (which
 # imports itemadapter, and with it pydantic) and before anything is downloaded, and only a

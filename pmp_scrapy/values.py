@@ -5,6 +5,7 @@ the setting ("PMP_PAGE_LIMIT must be a positive integer, got 'abc'")."""
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,7 +60,7 @@ def number(name: str, value: Any, *, low: float, high: float | None = None,
         number = float(str(value).strip())
     except (TypeError, ValueError):
         number = None
-    ok = number is not None and number == number  # NaN check
+    ok = number is not None and math.isfinite(number)
     if ok:
         assert number is not None
         ok = number >= low if low_inclusive else number > low

@@ -9,6 +9,7 @@ access tokens in 10 minutes (:mod:`pmp_scrapy.token_budget` keeps to that).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from scrapy.http import FormRequest
@@ -33,7 +34,7 @@ def token_lifetime(payload: dict[str, Any], default: float) -> float:
             value = float(payload[key])
         except (KeyError, TypeError, ValueError):
             continue
-        if value <= 0 or value != value:
+        if value <= 0 or not math.isfinite(value):
             continue
         if key == "expires_in" and value > 100_000:
             value /= 1000.0

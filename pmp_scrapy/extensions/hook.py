@@ -41,7 +41,7 @@ from pmp_scrapy.redaction import response_sample
 from pmp_scrapy.storage.engine import url_without_password
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
 

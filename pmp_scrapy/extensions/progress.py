@@ -23,9 +23,9 @@ from pmp_scrapy.logformat import console
 from pmp_scrapy.run import find_run
 
 if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-    from typing_extensions import Self
+    from typing import Self
 
+    from rich.progress import Progress, TaskID
     from scrapy.crawler import Crawler
 
 

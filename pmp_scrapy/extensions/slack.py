@@ -48,7 +48,7 @@ from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.run import find_run, get_run
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
 

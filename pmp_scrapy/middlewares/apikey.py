@@ -18,7 +18,7 @@ from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.runstop import stop_run
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler

@@ -8,6 +8,13 @@ in flight share one refresh. Zoho allows 10 new tokens per refresh token in 10 m
 that budget the middleware waits instead of being locked out. The token call goes through
 Scrapy's engine (:mod:`pmp_scrapy.zoho` builds and reads it) with the credentials in the body.
 
+**One token for several crawlers.** The crawlers of one ``scrapy crawl`` command that sweeps
+several MSP customers (``-a customer=all``) share one :class:`SharedToken`, which the command
+owns and hands to each crawler with :func:`share_token` before it starts: a middleware built
+for such a crawler starts from the token the previous crawler left (no new token for the next
+customer while it is fresh), and leaves its own there. Without one, the token lives and dies
+with the crawl.
+
 Stops the run (exit 1) on three consecutive 401s despite fresh tokens, or a token endpoint that
 keeps failing. Reads ``PMP_TOKEN_REFRESH_RATIO``, ``PMP_TOKEN_DEFAULT_TTL``, ``PMP_BACKOFF_BASE``
 and the OAuth secrets. Listens to ``spider_closed``. Writes ``pmp/token_refresh/<reason>``,
@@ -19,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -47,7 +57,7 @@ if TYPE_CHECKING:
 
     from pmp_scrapy.config import PMPConfig
 
-__all__ = ["TokenMiddleware", "token_lifetime"]
+__all__ = ["SharedToken", "TokenMiddleware", "share_token", "token_lifetime"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +68,40 @@ MAX_CONSECUTIVE_401 = 3
 MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
 
 
+@dataclass
+class SharedToken:
+    """The access token the crawlers of one command hand on to each other (see the module
+    docstring): the token, when it was obtained (monotonic seconds: one process), its lifetime,
+    how many were minted, this process's count against Zoho's budget, and ``claim``, the
+    database-wide budget claim for a crawler that has no run record (the customer discovery).
+    The owner calls :meth:`forget` when its last crawler is done."""
+
+    token: str | None = None
+    obtained_at: float = 0.0
+    lifetime: float = 0.0
+    generation: int = 0
+    budget: TokenBudget = field(default_factory=TokenBudget)
+    claim: Callable[[], float] | None = None
+
+    def forget(self) -> None:
+        """Drop the token (the command is over)."""
+        self.token = None
+
+
+_shared: weakref.WeakKeyDictionary[Crawler, SharedToken] = weakref.WeakKeyDictionary()
+
+
+def share_token(crawler: Crawler, shared: SharedToken) -> None:
+    """Make ``crawler``'s TokenMiddleware start from, and leave its token in, ``shared``; call
+    before the crawl starts."""
+    _shared[crawler] = shared
+
+
 class TokenMiddleware:
     """See the module docstring."""
 
-    def __init__(self, crawler: Crawler, config: PMPConfig, secrets: dict[str, str]) -> None:
+    def __init__(self, crawler: Crawler, config: PMPConfig, secrets: dict[str, str],
+                 shared: SharedToken | None = None) -> None:
         self.crawler = crawler
         self.config = config
         self._secrets = secrets
@@ -75,6 +115,12 @@ class TokenMiddleware:
         self._failed_generations: set[int] = set()
         self._consecutive_401 = 0
         self._stopped = False
+        self._shared = shared
+        if shared is not None:  # the previous crawler's token, if any, and the same budget
+            self._budget = shared.budget
+            if shared.token is not None:
+                self._token, self._obtained_at = shared.token, shared.obtained_at
+                self._lifetime, self._generation = shared.lifetime, shared.generation
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:
@@ -84,7 +130,7 @@ class TokenMiddleware:
         secrets = require_secrets(OAUTH_NAMES, crawler.settings)
         for value in secrets.values():
             register_secret(value)  # masked by value in every log line, whatever its shape
-        middleware = cls(crawler, config, secrets)
+        middleware = cls(crawler, config, secrets, _shared.get(crawler))
         crawler.signals.connect(middleware._closed, signal=signals.spider_closed)
         return middleware
 
@@ -201,6 +247,8 @@ class TokenMiddleware:
         this client shares through the database, else this process's own count."""
         run = find_run(self.crawler)
         claim = run.claim_token_mint if run is not None else None
+        if claim is None and run is None and self._shared is not None:
+            claim = self._shared.claim  # a crawler of the command without a run record
         while True:
             if claim is not None:
                 try:
@@ -248,6 +296,10 @@ class TokenMiddleware:
             self._lifetime = token_lifetime(payload, self.config.token_default_ttl)
             self._generation += 1
             self._stale_reason = None
+            if self._shared is not None:
+                shared = self._shared
+                shared.token, shared.obtained_at = self._token, self._obtained_at
+                shared.lifetime, shared.generation = self._lifetime, self._generation
             self.crawler.stats.inc_value(f"pmp/token_refresh/{reason}")
             logger.info("token refreshed (%s)", reason, extra={
                 "event_type": "token_refresh", "reason": reason, "success": True, "token_age_s": age,

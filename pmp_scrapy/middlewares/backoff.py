@@ -3,7 +3,8 @@ of pages and of token calls, comes from :func:`retry_wait`."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import math
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 
@@ -32,10 +33,10 @@ def parse_retry_after(value: bytes | str | None, now: datetime | None = None) ->
         if when is None:
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        now = now or datetime.now(timezone.utc)
+            when = when.replace(tzinfo=UTC)
+        now = now or datetime.now(UTC)
         seconds = (when - now).total_seconds()
-    if seconds != seconds or seconds == float("inf"):  # NaN, infinity
+    if not math.isfinite(seconds):
         return None
     return max(seconds, 0.0)
 

@@ -80,6 +80,8 @@ class DcapiPatchesSpider(scrapy.Spider):
     MAX_PROBES = 3
 
     MAX_REREAD_ROUNDS = 3  # re-reads of pages the tenant shifted past, per run
+    _page_totals: dict[int, int]  # page -> totalRecords it was answered with, this run
+    _reread_rounds: int
 
     @classmethod
     def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> Self:

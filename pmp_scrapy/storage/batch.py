@@ -58,7 +58,7 @@ class Batch:
     def pages(self) -> Iterator[tuple[list[MappingRow], list[dict[str, Any]]]]:
         """The buffered pages, ``(rows, systems)``, in the order they were added."""
         for packed in self._packed_pages:
-            yield pickle.loads(packed)  # noqa: S301 - bytes this process pickled itself
+            yield pickle.loads(packed)
 
     def mapping_pages(self) -> Iterator[list[MappingRow]]:
         """The buffered rows, page by page, in the order they were added."""

@@ -3,7 +3,7 @@ that covers them, written together or not at all (the caller owns the transactio
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Select, and_, func, select, update
@@ -23,7 +23,7 @@ from pmp_scrapy.storage.schema import (
 
 def utcnow() -> datetime:
     """Naive UTC now, as the TIMESTAMP columns store it."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def coverage_query(customer: str) -> Select[Any]:
@@ -157,7 +157,8 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
                         .where(snapshots.c.snapshot_id == batch.snapshot_id)).one_or_none()
     total = batch.total_pages if batch.total_pages is not None else (snap[0] if snap else None)
     records = batch.total_records if batch.total_records is not None else (snap[1] if snap else None)
-    complete, reread = bool(snap) and snap[2] == "complete", []
+    complete = snap is not None and snap[2] == "complete"
+    reread: list[int] = []
     if last_page is not None and total is not None and last_page >= total and not complete:
         reread = stale_pages(conn, batch.snapshot_id, total, records)
         if not reread:

@@ -103,7 +103,7 @@ def apply_page(conn: Connection, dialect_insert: Any, ctx: Context, rows: list[M
     returned_history: list[dict[str, Any]] = []
     listed: set[tuple[str, str]] = set()
     for row in rows:
-        key = (row[0], row[1])
+        key = (str(row[0]), str(row[1]))  # rows have both ids: systems and patches without one are skipped
         listed.add(key)
         old = stored.get(key)
         if old is not None and old[:len(row)] == row:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from sqlalchemy import (
     REAL,
-    Connection,
     TIMESTAMP,
     Column,
+    Connection,
     Index,
     Integer,
     MetaData,

@@ -194,9 +194,10 @@ class Store:
                 tables = set(inspect(conn).get_table_names())
                 if snapshots.name in tables:
                     columns = {c["name"] for c in inspect(conn).get_columns(snapshots.name)}
-                    source = snapshots.c.source if "source" in columns else text("NULL")
-                    real = conn.execute(select(func.count()).select_from(snapshots).where(
-                        or_(source.is_(None), source != "demo"))).scalar_one()
+                    query = select(func.count()).select_from(snapshots)
+                    if "source" in columns:  # older databases have no source: every snapshot is real
+                        query = query.where(or_(snapshots.c.source.is_(None), snapshots.c.source != "demo"))
+                    real = conn.execute(query).scalar_one()
                     if real:
                         return f"it holds {real} snapshot(s) of a real PMP server"
                 elif patch_system_mapping.name in tables and conn.execute(

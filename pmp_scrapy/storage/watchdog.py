@@ -141,7 +141,8 @@ def _guarded(method: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
             cut.set()
             _shutdown_socket(target)
 
-        alarms = [WATCHDOG.arm(SLOW_AFTER, slow)]
+        # said only when the wait can go on well past it
+        alarms = [WATCHDOG.arm(SLOW_AFTER, slow)] if (limits.give_up or limits.timeout) > SLOW_AFTER + 0.2 else []
         if limits.give_up:
             alarms.append(WATCHDOG.arm(limits.give_up, give_up))
         try:
@@ -152,11 +153,26 @@ def _guarded(method: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
                 exc.pmp_note = (f"{limits.server} did not answer within {limits.give_up:.0f} s; the connection "  # type: ignore[attr-defined]
                                 f"was closed (PMP_DB_TIMEOUT={limits.timeout:g})")
             elif waited >= SLOW_AFTER:
-                exc.pmp_note = f"waited {waited:.0f} s, PMP_DB_TIMEOUT={limits.timeout:g}"  # type: ignore[attr-defined]
+                exc.pmp_note = (f"waited {waited:.1f}".rstrip("0").rstrip(".")  # type: ignore[attr-defined]
+                                + f" s, PMP_DB_TIMEOUT={limits.timeout:g}")
             raise
         finally:
             for alarm in alarms:
                 WATCHDOG.disarm(alarm)
+
+    return call
+
+
+def _connecting(connect: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
+    """A connection attempt that times out names the server (the driver's message does not)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return connect(*args, **kwargs)
+        except Exception as exc:
+            if "timeout" in type(exc).__name__.lower() or "timeout expired" in str(exc):
+                exc.pmp_note = (f"{limits.server} did not answer within {limits.timeout:g} s while connecting "  # type: ignore[attr-defined]
+                                f"(PMP_DB_TIMEOUT={limits.timeout:g})")
+            raise
 
     return call
 
@@ -167,6 +183,8 @@ def guard_dialect(dialect: Any, limits: Limits) -> None:
         method = getattr(dialect, name, None)
         if method is not None:
             setattr(dialect, name, _guarded(method, limits))
+    if limits.give_up:
+        dialect.connect = _connecting(dialect.connect, limits)
 
 
 # --- PostgreSQL's own limits, set per session -------------------------------------------------------------

@@ -219,7 +219,10 @@ class DcapiPatchesSpider(scrapy.Spider):
 
     # --- callbacks ---------------------------------------------------------------------------------
     def parse_page(self, response: Response) -> Iterator[Any]:
-        """Turn a final page response into a PatchPage or a PageGap."""
+        """Turn a final page response into a PatchPage or a PageGap: whatever fails while the body
+        becomes rows (the envelope checks against the request, a value that cannot be read, our own
+        error) is an ``invalid_payload`` gap for this page; repaired values are counted in
+        ``pmp/values_repaired/<kind>``."""
         assert self.plan is not None
         page = response.meta["pmp_page"]
         retried = response.meta.get("pmp_retried_gap", False)

@@ -52,8 +52,11 @@ _SHARED = frozenset({"patchname", "severity", "patch_status", "bulletinid", "ven
 
 def field_text(value: Any, repairs: Counter[str] | None = None) -> str | None:
     """A field value as stored: :func:`as_text`, then made storable (:func:`storable_text`)."""
-    text = as_text(value)
-    return None if text is None else storable_text(text, repairs)
+    if value.__class__ is not str:
+        value = as_text(value)
+        if value is None:
+            return None
+    return storable_text(value, repairs)
 
 
 # One string object per distinct patch name, severity, vendor... for the whole run. Not
@@ -70,6 +73,11 @@ def _share(text: str) -> str:
 
 
 def _shared_text(value: Any, repairs: Counter[str] | None = None) -> str | None:
+    """:func:`field_text`, as the run's one string object for that text."""
+    if value.__class__ is str:
+        shared = _shared_strings.get(value)
+        if shared is not None:  # every string kept here is storable already
+            return shared
     text = field_text(value, repairs)
     return None if text is None else _share(text)
 

@@ -32,15 +32,14 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 def storable_text(text: str, repairs: Counter[str] | None = None, limit: int = MAX_TEXT_CHARS) -> str:
     """``text`` as a database can hold it: at most ``limit`` characters, lone surrogates and NUL
     characters replaced by U+FFFD. Each kind of repair made is counted once in ``repairs``."""
+    if len(text) <= limit and (("\x00" not in text) if text.isascii() else _UNSTORABLE.search(text) is None):
+        return text  # the common case, decided without a copy
     if len(text) > limit:
         text = text[:limit]
         if repairs is not None:
             repairs["truncated"] += 1
-    if text.isascii():  # the common case: only NUL can be wrong
-        if "\x00" not in text:
+        if not _UNSTORABLE.search(text):
             return text
-    elif _UNSTORABLE.search(text) is None:
-        return text
     if repairs is not None:
         if "\x00" in text:
             repairs["nul"] += 1
@@ -87,16 +86,19 @@ def id_text(value: Any, repairs: Counter[str] | None = None) -> tuple[str | None
     are kept as text); null, an empty string, NaN, ±Infinity, booleans, objects and arrays are
     not, and neither is a string longer than :data:`MAX_TEXT_CHARS` (cut, it would be a
     different key). A string id is repaired like any text (:func:`storable_text`)."""
-    if value is None:
+    kind = type(value)
+    if kind is str or kind is int:  # what ids are, nearly always
+        text = str(value)
+    elif value is None:
         return None, "missing"
-    if isinstance(value, (bool, dict, list)) or (isinstance(value, float) and not math.isfinite(value)):
-        return None, describe_value(value)
-    if isinstance(value, float):
+    elif kind is float and math.isfinite(value):
         text = str(int(value)) if value.is_integer() else repr(value)
+    elif isinstance(value, (bool, dict, list, float)):
+        return None, describe_value(value)
     elif isinstance(value, (int, str)):
         text = str(value)
     else:
-        return None, f"a {type(value).__name__}"
+        return None, f"a {kind.__name__}"
     if not text:
         return None, "empty"
     if len(text) > MAX_TEXT_CHARS:

@@ -31,7 +31,7 @@ from pmp_scrapy.middlewares.backoff import retry_wait
 from pmp_scrapy.redaction import response_sample
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler
@@ -74,6 +74,9 @@ def not_json(body: bytes) -> str | None:
 
 class BackoffRetryMiddleware(RetryMiddleware):
     """Classified retries with backoff; see the module docstring."""
+
+    backoff_base: float
+    max_retry_after: float
 
     @classmethod
     def from_crawler(cls, crawler: Crawler) -> Self:

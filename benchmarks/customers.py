@@ -5,7 +5,7 @@ together (as two scrapyd jobs or two cron lines would). Prints wall time, mappin
 and, for SQLite, how busy its single write lock was. The simulator runs in its own process;
 every crawl is a real ``scrapy crawl`` subprocess with ``DOWNLOAD_DELAY=0``.
 
-    python benchmarks/customers.py                      # 2 x 3,317 systems (111 pages each)
+    python benchmarks/customers.py                      # 2 x 3,317 managed systems (107 DCAPI pages each)
     python benchmarks/customers.py --systems 1500       # smaller
     python benchmarks/customers.py --only sqlite        # or: --only postgresql
     PMP_BENCH_POSTGRES_URL=postgresql+psycopg://user@host/db python benchmarks/customers.py
@@ -18,24 +18,20 @@ drops it afterwards; it is skipped with the reason when no server answers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import sqlalchemy as sa
+from harness import CrawlProcess, simulator_process
+from sqlalchemy.engine import make_url
 
-import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Scenario  # noqa: E402
+from pmp_scrapy.simulator import DatasetSpec, Scenario
 
 CUSTOMERS = ("acme", "globex")
 PG_ADMIN_URL = os.environ.get("PMP_BENCH_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -73,30 +69,6 @@ class Job:
                 f"mappings={self.mappings:>7,} ({self.mappings / self.wall_s if self.wall_s else 0:,.0f}/s)")
 
 
-def start_simulator(scenario: Scenario, workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    path = workdir / "scenario.json"
-    path.write_text(json.dumps(scenario.to_dict()))
-    proc = subprocess.Popen([sys.executable, "-m", "pmp_scrapy.simulator", "--port", "0", "--scenario", str(path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip().rsplit(" ", 1)[-1]
-
-
-def launch(sim_url: str, db_url: str, customer: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMP_")}
-    env.update({"PYTHONPATH": str(ROOT), "SCRAPY_SETTINGS_MODULE": "pmp_scrapy.settings",
-                "PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"], "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
-                "PMP_REFRESH_TOKEN": DEMO_CREDENTIALS["refresh_token"],
-                "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"})
-    settings = {"PMP_BASE_URL": sim_url, "PMP_ACCOUNTS_URL": sim_url, "PMP_DATABASE_URL": db_url,
-                "PMP_BATCH_PAGES": "0", "DOWNLOAD_DELAY": "0", "AUTOTHROTTLE_ENABLED": "False",
-                "LOG_LEVEL": "WARNING", "PMP_PROGRESS": "off"}
-    args = [sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-a", f"customer={customer}"]
-    for name, value in settings.items():
-        args += ["-s", f"{name}={value}"]
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def customer_mappings(db_url: str, customer: str) -> int:
     engine = sa.create_engine(db_url)
     try:
@@ -110,14 +82,14 @@ def customer_mappings(db_url: str, customer: str) -> int:
 
 def run_jobs(sim_url: str, db_url: str, customers: tuple[str, ...]) -> tuple[list[Job], float]:
     started = time.monotonic()
-    procs = {c: (launch(sim_url, db_url, c), time.monotonic()) for c in customers}
+    procs = {c: CrawlProcess(sim_url, db_url, customer=c, DOWNLOAD_DELAY=0, AUTOTHROTTLE_ENABLED=False)
+             for c in customers}
     jobs = []
-    for customer, (proc, t0) in procs.items():
-        _, stderr = proc.communicate()
-        wall = time.monotonic() - t0
-        if proc.returncode != 0:
-            print(f"  ! {customer}: exit {proc.returncode}: {stderr.decode(errors='replace').strip()[-300:]}")
-        jobs.append(Job(customer, proc.returncode, wall, customer_mappings(db_url, customer)))
+    for customer, proc in procs.items():
+        crawl = proc.wait()
+        if crawl.exit_code != 0:
+            print(f"  ! {customer}: exit {crawl.exit_code}: {crawl.stderr.strip()[-300:]}")
+        jobs.append(Job(customer, crawl.exit_code, crawl.wall_s, customer_mappings(db_url, customer)))
     return jobs, time.monotonic() - started
 
 
@@ -142,7 +114,7 @@ class LockProbe:
             self.total += 1
         conn.close()
 
-    def __enter__(self) -> LockProbe:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -202,19 +174,14 @@ def main() -> None:
           "CPU-bound (JSON parsing, row building); two jobs plus the simulator share these CPUs, so 'at once' "
           "cannot beat 'one after the other' by more than the idle CPU allows. With the default 4 requests a "
           "second per job the jobs are network-bound and run side by side at full speed.")
-    with tempfile.TemporaryDirectory() as tmp:
-        sim, sim_url = start_simulator(scenario, Path(tmp))
-        try:
-            if args.only in (None, "sqlite"):
-                path = lambda name: Path(tmp) / f"{name}.db"  # noqa: E731
-                report("SQLite (WAL, BEGIN IMMEDIATE, busy timeout 15 s)", sim_url,
-                       lambda name: f"sqlite:///{path(name)}", path)
-                print(SQLITE_NOTE)
-            if args.only in (None, "postgresql"):
-                postgres(sim_url)
-        finally:
-            sim.terminate()
-            sim.wait(10)
+    with tempfile.TemporaryDirectory() as tmp, simulator_process(scenario) as sim_url:
+        if args.only in (None, "sqlite"):
+            path = lambda name: Path(tmp) / f"{name}.db"
+            report("SQLite (WAL, BEGIN IMMEDIATE, busy timeout 15 s)", sim_url,
+                   lambda name: f"sqlite:///{path(name)}", path)
+            print(SQLITE_NOTE)
+        if args.only in (None, "postgresql"):
+            postgres(sim_url)
 
 
 def postgres(sim_url: str) -> None:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENV = ("PMP_CLIENT_ID", "PMP_CLIENT_SECRET", "PMP_REFRESH_TOKEN", "PMP_API_KEY", "SLACK_WEBHOOK_URL")
 
+# The simulator's default tenant: 3,317 managed systems, of which DCAPI reports 3,210 (107 pages of 30).
+DEFAULT_MANAGED, DEFAULT_DCAPI, DEFAULT_PAGES, DEFAULT_MAPPINGS = 3317, 3210, 107, 161_611
 # Data sets the crawl tests share (no system without patches, so pages are full).
 THREE_PAGES = DatasetSpec(managed_systems=90, no_patch_share=0.0)  # 3 pages of 30
 SEVEN_PAGES = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 7 pages of 30, 40 pages of 5
@@ -59,8 +62,18 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "pmp.db"
 
 
-def oauth_env(sim: Simulator) -> dict[str, str]:
-    """Environment carrying the simulator's OAuth credentials."""
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Path]:
+    """A log file path in the test's directory (``LOG_FILE``); the log handler a crawl installed
+    for it is removed afterwards."""
+    from pmp_scrapy.logformat import uninstall_log_handler
+
+    yield tmp_path / "pmp.log"
+    uninstall_log_handler()
+
+
+def oauth_env(sim: Simulator | None = None) -> dict[str, str]:
+    """Environment carrying the simulator's OAuth credentials (every simulator's: the demo ones)."""
     return {
         "PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"],
         "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
@@ -68,11 +81,18 @@ def oauth_env(sim: Simulator) -> dict[str, str]:
     }
 
 
-def crawl_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
-    """Project settings pointed at ``sim`` and ``db_path``; ``overrides`` at command-line priority."""
+def project_settings(**values: Any) -> Settings:
+    """This project's ``settings.py`` with ``values`` at command-line priority (``-s``)."""
     settings = Settings()
     settings.setmodule("pmp_scrapy.settings", priority="project")
-    values = {
+    for name, value in values.items():
+        settings.set(name, value, priority="cmdline")
+    return settings
+
+
+def crawl_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
+    """Project settings pointed at ``sim`` and ``db_path``; ``overrides`` at command-line priority."""
+    return project_settings(**{
         "PMP_BASE_URL": sim.url,
         "PMP_ACCOUNTS_URL": sim.url,
         "PMP_DATABASE_URL": f"sqlite:///{db_path}",
@@ -80,11 +100,8 @@ def crawl_settings(sim: Simulator, db_path: Path, **overrides: Any) -> Settings:
         "AUTOTHROTTLE_ENABLED": False,
         "PMP_BACKOFF_BASE": 0.05,
         "LOG_LEVEL": "INFO",
-    }
-    values.update(overrides)
-    for name, value in values.items():
-        settings.set(name, value, priority="cmdline")
-    return settings
+        **overrides,
+    })
 
 
 @dataclass
@@ -93,6 +110,8 @@ class CrawlResult:
     exit_code: int | None
     close_reason: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the simulator's request record right after the crawl (crawl_against fills it)
+    requests: list[Any] = field(default_factory=list)
 
 
 async def run_crawl(settings: Settings, monkeypatch: pytest.MonkeyPatch | None = None,
@@ -116,23 +135,43 @@ class CrawlAgainst:
     the test's ``db_path``, with the simulator's OAuth credentials in the environment (``env=``
     replaces them) and :data:`SWEEP` under ``names``. Upper-case names are settings at
     command-line priority (a ``Path`` becomes its text: ``LOG_FILE=log_file``); lower-case ones
-    are spider arguments (``customer="acme"``, ``reset="1"``)."""
+    are spider arguments (``customer="acme"``, ``reset="1"``). The result carries the
+    simulator's request record as the crawl left it (``result.requests``)."""
 
-    def __init__(self, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, db_path: Path, monkeypatch: pytest.MonkeyPatch, defaults: dict[str, Any] | None = None) -> None:
         self.db_path = db_path
         self.monkeypatch = monkeypatch
+        self.defaults = {**SWEEP, **(defaults or {})}
 
     async def __call__(self, sim: Simulator, *, env: dict[str, str] | None = None, **names: Any) -> CrawlResult:
-        settings = {**SWEEP, **{k: str(v) if isinstance(v, Path) else v for k, v in names.items() if k.isupper()}}
+        given = {k: str(v) if isinstance(v, Path) else v for k, v in names.items() if k.isupper()}
         arguments = {k: v for k, v in names.items() if not k.isupper()}
-        return await run_crawl(crawl_settings(sim, self.db_path, **settings), self.monkeypatch,
-                               env=oauth_env(sim) if env is None else env, **arguments)
+        result = await run_crawl(crawl_settings(sim, self.db_path, **{**self.defaults, **given}), self.monkeypatch,
+                                 env=oauth_env(sim) if env is None else env, **arguments)
+        result.requests = sim.requests
+        return result
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "crawl_defaults(**settings): settings every crawl_against crawl of the "
+                                       "marked tests uses (over SWEEP, under those a call names)")
 
 
 @pytest.fixture
-def crawl_against(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> CrawlAgainst:
-    """See :class:`CrawlAgainst`."""
-    return CrawlAgainst(db_path, monkeypatch)
+def crawl_against(db_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> CrawlAgainst:
+    """See :class:`CrawlAgainst`; a module's ``pytestmark = pytest.mark.crawl_defaults(...)`` sets
+    the settings its crawls share."""
+    marker = request.node.get_closest_marker("crawl_defaults")
+    return CrawlAgainst(db_path, monkeypatch, marker.kwargs if marker else None)
+
+
+def crawl_env(sim: Simulator, database: Path | str, **extra: Any) -> dict[str, str]:
+    """The environment of a ``scrapy crawl`` subprocess against ``sim`` into ``database`` (an
+    SQLite file, or a database URL): the simulator's OAuth credentials and URLs, no delay, a short
+    backoff, then ``extra`` (values as text)."""
+    url = database if isinstance(database, str) else f"sqlite:///{database}"
+    return {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url, "PMP_DATABASE_URL": url,
+            "DOWNLOAD_DELAY": "0", "PMP_BACKOFF_BASE": "0.05", **{k: str(v) for k, v in extra.items()}}
 
 
 # --- component tests: one component built as Scrapy's own tests build one, no crawl ----------------
@@ -187,7 +226,7 @@ def scrapy_command(args: list[str], *, env: dict[str, str] | None = None, cwd: P
     full_env["SCRAPY_SETTINGS_MODULE"] = "pmp_scrapy.settings"
     full_env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd or ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "scrapy", *args], cwd=cwd or ROOT, env=full_env, check=False,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -208,6 +247,25 @@ def expected_table(sim: Simulator, customer: str | None = None) -> dict[tuple[st
     """What the simulator serves, in the same shape as :func:`mapping_table`."""
     names = ("patchname", "severity", "patch_status", "bulletinid", "vendor_name", "installed_time")
     return {(rid, pid): tuple(fields[n] for n in names) for rid, pid, fields in sim.expected_mappings(customer)}
+
+
+def page_attempts(sim: Simulator, page: int, *, abandoned: int = 0) -> list[Any]:
+    """The requests for DCAPI ``page`` as the server recorded them, in arrival order. The
+    simulator records a request before it answers, so every request whose answer the client saw
+    is there once the crawl is over. A slow answer the client gave up on (a ``slow`` fault past
+    ``DOWNLOAD_TIMEOUT``) is recorded only when its server thread wakes from the fault's delay:
+    give their number as ``abandoned`` to wait (at most 5 s) for them too."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = [r for r in sim.requests if r.kind == "page" and r.page == page]
+        if sum(1 for r in found if r.fault == "slow") >= abandoned or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def page_requests(sim: Simulator) -> list[int]:
+    """The DCAPI page numbers the server was asked for, in arrival order."""
+    return [r.page for r in sim.requests if r.kind == "page"]
 
 
 def page_request_times(sim: Simulator) -> list[float]:
@@ -259,7 +317,7 @@ class SlackReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
                     payload = json.loads(raw)
@@ -274,7 +332,7 @@ class SlackReceiver:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

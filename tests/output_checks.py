@@ -1,6 +1,7 @@
 """Secret checks shared by the crawl tests: an autouse fixture that searches this process's
 stdout and stderr, and a function that searches the log file, the database files and any text.
-Import the fixtures into a test module to use them (``from output_checks import ...``)."""
+Import the fixture into a test module to use it (``from output_checks import console_has_no_secret``);
+the ``log_file`` fixture lives in conftest."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import assert_no_secrets
-from pmp_scrapy.logformat import uninstall_log_handler
+
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, Simulator
 
 _ISSUED: list[str] = []  # access tokens issued in the current test, for the console check
@@ -29,13 +29,6 @@ def console_has_no_secret(capfd: pytest.CaptureFixture[str]) -> Any:
     yield
     out, err = capfd.readouterr()
     assert_no_secrets({"stdout": out, "stderr": err}, [*fixed_secrets(), *_ISSUED])
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    """A log file path in the test's directory; the log handler is removed afterwards."""
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
 
 
 def output_blobs(tmp_path: Path, log_file: Path) -> dict[str, bytes | str]:

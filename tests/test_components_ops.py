@@ -13,31 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import UNUSED_URL, SlackReceiver, component_crawler, opened_spider, project_settings
 from scrapy.crawler import CrawlerRunner
 from scrapy.exceptions import CloseSpider
 from scrapy.settings import Settings
 from scrapy.utils.defer import deferred_f_from_coro_f
 from scrapy.utils.misc import build_from_crawler
 
-from conftest import SlackReceiver, UNUSED_URL, component_crawler, opened_spider
 from pmp_scrapy.config import apply_environment, get_config
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.extensions.hook import PostExtractionHook
+from pmp_scrapy.items import PatchPage
 from pmp_scrapy.logformat import PrivateDailyFileHandler, PrivateFileHandler, build_handler
+from pmp_scrapy.pipelines import MappingPipeline
+from pmp_scrapy.rows import page_rows
+from pmp_scrapy.run import get_run
 from pmp_scrapy.spiders.dcapi_patches import DcapiPatchesSpider
 from pmp_scrapy.storage import Batch, Store
-
 
 # --- the log file: PMP_LOG_ROTATE and PMP_LOG_BACKUPS -------------------------------------------------
 
 def log_settings(log_file: Path, environ: dict[str, str] | None = None, **values: Any) -> Settings:
     """Project settings with ``LOG_FILE``, ``values`` as ``-s`` and ``environ`` folded in as the
     environment add-on does."""
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings", priority="project")
-    settings.set("LOG_FILE", str(log_file), priority="cmdline")
-    for name, value in values.items():
-        settings.set(name, value, priority="cmdline")
+    settings = project_settings(LOG_FILE=str(log_file), **values)
     apply_environment(settings, environ or {})
     return settings
 
@@ -100,41 +99,56 @@ def test_a_bad_log_setting_is_named(tmp_path: Path, name: str, value: str, messa
 
 # --- Slack: nothing to say when the target was already met ------------------------------------------------
 
+def page_of(systems: int) -> list[dict[str, Any]]:
+    """One DCAPI page of ``systems`` systems with one patch each."""
+    return [{"resource_id": k, "resource_name": f"PC-{k}", "patches": [
+        {"patch_id": 1, "patchname": "KB1", "severity": "Critical", "patch_status": "Missing", "bulletinid": None,
+         "vendor_name": "Microsoft", "installed_time": None}]} for k in range(systems)]
+
+
 def prepared_database(db_path: Path, systems: int) -> None:
     """A complete one-page sweep whose page held ``systems`` systems."""
     store = Store(f"sqlite:///{db_path}")
     snapshot = store.start_snapshot("", 30)
-    rows = [(str(k), "1", "KB1", "Critical", "Missing", None, "Microsoft", None) for k in range(systems)]
-    listed = [{"resource_id": str(k), "resource_name": f"PC-{k}", "patch_count": 1, "last_seen_page": 1}
-              for k in range(systems)]
-    store.commit_batch(Batch(snapshot_id=snapshot, customer="", mappings=rows, systems=listed, last_page=1,
-                             total_pages=1, total_records=systems))
+    rows = page_rows(page_of(systems), 1)
+    store.commit_batch(Batch(snapshot_id=snapshot, customer="", mappings=rows.mappings, systems=rows.systems,
+                             last_page=1, total_pages=1, total_records=systems))
     store.close()
 
 
-@pytest.mark.parametrize(("covered", "posts"), [(10, 0), (9, 1)])
+@pytest.mark.parametrize("covered", [10, 9])
 @deferred_f_from_coro_f
 async def test_slack_posts_nothing_when_the_run_finds_the_target_met(
-        db_path: Path, slack: SlackReceiver, covered: int, posts: int) -> None:
+        db_path: Path, slack: SlackReceiver, covered: int) -> None:
     """10 of 10 systems covered: the checkpoint extension ends the run at spider_opened
-    (pmp_target_met) and Slack sends nothing at all. 9 of 10 (below 95%): the same run goes on
-    and Slack sends its closing message."""
+    (pmp_target_met) and Slack sends nothing at all. 9 of 10 (below 95%): the same run goes on,
+    sweeps the page again (the same 9 systems) and Slack sends its closing message."""
     prepared_database(db_path, covered)
     crawler = component_crawler(db_path=db_path, PMP_TOTAL_SYSTEMS=10, PMP_BATCH_PAGES=1,
                                 SLACK_WEBHOOK_URL=slack.url, PMP_SLACK_MIN_INTERVAL=0,
                                 EXTENSIONS={"pmp_scrapy.extensions.checkpoint.Checkpoints": 100,
-                                            "pmp_scrapy.extensions.slack.SlackNotifier": 300})
+                                            "pmp_scrapy.extensions.slack.SlackNotifier": 300},
+                                ITEM_PIPELINES={"pmp_scrapy.pipelines.MappingPipeline": 300})
     try:
         async with opened_spider(crawler):
-            pass
+            pipeline = crawler.get_item_pipeline(MappingPipeline)
+            assert pipeline is not None
+            run = get_run(crawler)
+            assert run.snapshot_id is not None
+            await pipeline.process_item(PatchPage(snapshot_id=run.snapshot_id, page=1, total_pages=1,
+                                                  total_records=covered, rows=page_rows(page_of(covered), 1)))
     except CloseSpider as exc:
         assert exc.reason == "pmp_target_met"
     stats = crawler.stats.get_stats()
-    assert stats.get("finish_reason") == ("pmp_target_met" if posts == 0 else "finished")
-    assert stats.get("pmp/exit_code") == 0
-    assert len(slack.posts) == posts == stats.get("pmp/slack/sent", 0)
-    if posts:
-        assert slack.texts[0].startswith("✅ Batch complete")
+    assert len(slack.posts) == stats.get("pmp/slack/sent", 0)
+    if covered == 10:
+        assert stats.get("finish_reason") == "pmp_target_met" and stats.get("pmp/exit_code") == 0
+        assert slack.posts == []
+    else:
+        assert stats.get("finish_reason") == "finished"
+        assert stats.get("pmp/exit_code") == 2, stats.get("pmp/exit_message")  # a complete sweep below the target
+        assert slack.texts and slack.texts[-1].startswith("✅ Batch complete")
+        assert "⚠️ Partial: the sweep is complete but coverage is 9 of 10" in slack.texts[-1]
 
 
 # --- the hook: killed with its process group at PMP_HOOK_TIMEOUT ----------------------------------------------

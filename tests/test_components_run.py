@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import component_crawler, db_rows, opened_spider
 from scrapy import Request
 from scrapy.core.scheduler import Scheduler
 from scrapy.exceptions import DropItem
@@ -21,15 +25,17 @@ from scrapy.utils.misc import build_from_crawler
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.python.failure import Failure
 
-from conftest import component_crawler, db_rows, opened_spider
 from pmp_scrapy import signals as pmp_signals
-from pmp_scrapy.items import InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.items import InventoryTotal, PatchPage
 from pmp_scrapy.pipelines import MappingPipeline
 from pmp_scrapy.plan import RunState, decide
 from pmp_scrapy.rows import page_rows
 from pmp_scrapy.run import RunRecord, get_run
 from pmp_scrapy.spiders.dcapi_patches import INVENTORY_PATH, PAGE_PATH, DcapiPatchesSpider
 from pmp_scrapy.storage import Batch, Store
+
+if TYPE_CHECKING:
+    from scrapy.crawler import Crawler
 
 #: The checkpoint extension and the pipeline, as settings.py enables them.
 RUN_COMPONENTS = {"EXTENSIONS": {"pmp_scrapy.extensions.checkpoint.Checkpoints": 100},
@@ -56,16 +62,31 @@ def stored_pages(db_path: Path) -> set[int]:
     return {int(rid) // 1000 for (rid,) in db_rows(db_path, "SELECT DISTINCT resource_id FROM patch_system_mapping")}
 
 
-def run_finished(crawler: Any) -> asyncio.Future[dict[str, Any]]:
-    """Completes with the run summary once the checkpoint extension has decided the outcome."""
-    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+@dataclass
+class OpenRun:
+    """An opened run: its spider, the pipeline, the run record, and ``finished``, which
+    completes with the run summary once the checkpoint extension has decided the outcome."""
 
-    def finished(summary: dict[str, Any]) -> None:
-        if not future.done():
-            future.set_result(summary)
+    spider: DcapiPatchesSpider
+    pipeline: MappingPipeline
+    run: RunRecord
+    finished: asyncio.Future[dict[str, Any]]
 
-    crawler.signals.connect(finished, signal=pmp_signals.run_finished, weak=False)
-    return future
+
+@asynccontextmanager
+async def opened_run(crawler: Crawler) -> AsyncIterator[OpenRun]:
+    """:func:`conftest.opened_spider` with the run's components at hand."""
+    finished: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+    def record(summary: dict[str, Any]) -> None:
+        if not finished.done():
+            finished.set_result(summary)
+
+    crawler.signals.connect(record, signal=pmp_signals.run_finished, weak=False)
+    async with opened_spider(crawler) as spider:
+        pipeline = crawler.get_item_pipeline(MappingPipeline)
+        assert isinstance(spider, DcapiPatchesSpider) and pipeline is not None
+        yield OpenRun(spider, pipeline, get_run(crawler), finished)
 
 
 async def dcapi_start_requests(spider: DcapiPatchesSpider) -> list[Request]:
@@ -91,11 +112,8 @@ async def test_database_failure_at_a_commit_stops_the_run_and_the_checkpoint_cla
     drops what arrives later, and the checkpoint stays at page 2 with only pages 1-2 stored."""
     crawler = component_crawler(db_path=db_path, PMP_CHECKPOINT_EVERY=2, PMP_TOTAL_SYSTEMS=30,
                                 PMP_SQLITE_BUSY_TIMEOUT=0.2, **RUN_COMPONENTS)
-    async with opened_spider(crawler):
-        pipeline = crawler.get_item_pipeline(MappingPipeline)
-        assert pipeline is not None
-        run = get_run(crawler)
-        finished = run_finished(crawler)
+    async with opened_run(crawler) as opened:
+        pipeline, run = opened.pipeline, opened.run
         for page in (1, 2):
             await pipeline.process_item(page_item(run, page))
         assert db_rows(db_path, "SELECT last_page FROM dcapi_extraction_checkpoints") == [(2,)]
@@ -110,7 +128,7 @@ async def test_database_failure_at_a_commit_stops_the_run_and_the_checkpoint_cla
             blocker.close()
         with pytest.raises(DropItem, match="the database failed earlier"):
             await pipeline.process_item(page_item(run, 5))
-        summary = await finished
+        summary = await opened.finished
 
     assert summary["close_reason"] == "pmp_database_error"
     assert summary["exit_code"] == 1 and "database is locked" in summary["message"]
@@ -134,17 +152,13 @@ async def test_a_run_that_cannot_be_recorded_is_not_a_success(
     with exit 1 and the cause; with the table there the same run is exit 0."""
     crawler = component_crawler(db_path=db_path, PMP_CHECKPOINT_EVERY=2, PMP_BATCH_PAGES=2, PMP_TOTAL_SYSTEMS=30,
                                 **RUN_COMPONENTS)
-    async with opened_spider(crawler, reason="finished"):
-        pipeline = crawler.get_item_pipeline(MappingPipeline)
-        assert pipeline is not None
-        run = get_run(crawler)
-        finished = run_finished(crawler)
+    async with opened_run(crawler) as opened:  # closed as "finished"
         for page in (1, 2):
-            await pipeline.process_item(page_item(run, page))
+            await opened.pipeline.process_item(page_item(opened.run, page))
         if runs_table == "dropped":
             with sqlite3.connect(db_path) as conn:
                 conn.execute("DROP TABLE dcapi_runs")
-    summary = await finished
+    summary = await opened.finished
 
     failed = [r for r in caplog.records if getattr(r, "event_type", None) == "run_record_failed"]
     if runs_table == "kept":
@@ -177,12 +191,8 @@ async def test_without_a_managed_total_coverage_falls_back_to_dcapi_total_record
         answer: str, db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     status, body, denominator = INVENTORY_ANSWERS[answer]
     crawler = component_crawler(db_path=db_path, PMP_CHECKPOINT_EVERY=1, PMP_BATCH_PAGES=1, **RUN_COMPONENTS)
-    async with opened_spider(crawler) as spider:
-        assert isinstance(spider, DcapiPatchesSpider)
-        pipeline = crawler.get_item_pipeline(MappingPipeline)
-        assert pipeline is not None
-        run = get_run(crawler)
-        finished = run_finished(crawler)
+    async with opened_run(crawler) as opened:
+        spider, pipeline, run = opened.spider, opened.pipeline, opened.run
         [inventory, first_page] = await dcapi_start_requests(spider)
         assert inventory.meta.get("pmp_inventory") and first_page.meta["pmp_page"] == 1
         for item in spider.parse_inventory(response(inventory, status, body)):
@@ -190,7 +200,7 @@ async def test_without_a_managed_total_coverage_falls_back_to_dcapi_total_record
             await pipeline.process_item(item)
         await pipeline.process_item(page_item(run, 1, total_pages=84, total_records=250))
         assert run.denominator() == denominator
-    summary = await finished
+    summary = await opened.finished
 
     assert summary["total_systems"] == denominator
     assert summary["coverage"] == SYSTEMS_A_PAGE
@@ -234,7 +244,8 @@ async def test_open_gaps_are_requested_first_and_leave_the_scheduler_first(db_pa
     store.close()
 
     crawler = component_crawler(db_path=db_path, PMP_BATCH_PAGES=0, **RUN_COMPONENTS)
-    async with opened_spider(crawler) as spider:
+    async with opened_run(crawler) as opened:
+        spider = opened.spider
         requests = await dcapi_start_requests(spider)
         scheduler = build_from_crawler(Scheduler, crawler)
         scheduler.open(spider)
@@ -264,8 +275,8 @@ async def test_without_a_page_count_the_spider_probes_at_most_max_probes_pages_t
     """A first run (page count unknown) whose pages fail in three ways: each failed page asks
     for the next one until MAX_PROBES pages have failed; then the spider asks for nothing more."""
     crawler = component_crawler(db_path=db_path, PMP_TOTAL_SYSTEMS=30, **RUN_COMPONENTS)
-    async with opened_spider(crawler) as spider:
-        assert isinstance(spider, DcapiPatchesSpider)
+    async with opened_run(crawler) as opened:
+        spider = opened.spider
         [page_1] = await dcapi_start_requests(spider)
         [gap_1, page_2] = spider.parse_page(response(page_1, 503, b"<html>Service Unavailable</html>"))
         [gap_2, page_3] = spider.parse_page(response(page_2, 200, b"<html>not json</html>"))

@@ -16,14 +16,13 @@ import pytest
 import sqlalchemy as sa
 from psycopg import errors as pg_errors
 from sqlalchemy.engine import make_url
+from test_postgres import wait_for_lock_wait
+from test_storage import postgres_url, url_rows  # noqa: F401 (fixture)
 
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.storage import Store
 from pmp_scrapy.storage.engine import is_transient
 from pmp_scrapy.storage.schema import snapshots
-from test_postgres import wait_for_lock_wait
-from test_storage import postgres_url, url_rows  # noqa: F401 (fixture)
-
 
 # --- which errors a fresh transaction can clear -------------------------------------------------------
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
-from conftest import ROOT, crawl_settings, expected_table, oauth_env, run_crawl, scrapy_command, scrapy_env
-from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
-from pmp_scrapy.storage import Store
+from conftest import ROOT, CrawlAgainst, crawl_env, expected_table, scrapy_command, scrapy_env
 from test_storage import database_url, postgres_url, url_mapping_table, url_rows  # noqa: F401 (fixtures)
 
-FAST = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 2}
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
+from pmp_scrapy.storage import Store
+
+pytestmark = pytest.mark.crawl_defaults(PMP_CHECKPOINT_EVERY=2)
 
 
 def status_json(url: str, *args: str) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def page_ids(sim: Simulator, customer: str, pages: set[int], page_limit: int = 3
 
 @pytest_twisted.ensureDeferred
 async def test_customer_scopes_requests_and_keeps_state_per_customer(
-        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        database_url: str, crawl_against: CrawlAgainst) -> None:  # noqa: F811
     scenario = Scenario(
         dataset=DatasetSpec(managed_systems=30, no_patch_share=0.0),
         customers={"acme": DatasetSpec(managed_systems=150, no_patch_share=0.0),
@@ -44,11 +44,8 @@ async def test_customer_scopes_requests_and_keeps_state_per_customer(
         faults=[Fault(customer="acme", page=2, kind="http_500", attempts="all")],
     )
     with Simulator(scenario=scenario) as sim:
-        settings = {"PMP_DATABASE_URL": database_url, "PMP_COVERAGE_TARGET": 0.5, **FAST}
-        acme = await run_crawl(crawl_settings(sim, tmp_path / "x.db", **settings), monkeypatch,
-                               env=oauth_env(sim), customer="acme")
-        globex = await run_crawl(crawl_settings(sim, tmp_path / "x.db", **settings), monkeypatch,
-                                 env=oauth_env(sim), customer="globex")
+        acme = await crawl_against(sim, customer="acme", PMP_DATABASE_URL=database_url, PMP_COVERAGE_TARGET=0.5)
+        globex = await crawl_against(sim, customer="globex", PMP_DATABASE_URL=database_url, PMP_COVERAGE_TARGET=0.5)
         assert (acme.exit_code, globex.exit_code) == (2, 0)
 
         # Every DCAPI and inventory request names its customer; tokens are not per customer.
@@ -99,9 +96,7 @@ async def test_customer_scopes_requests_and_keeps_state_per_customer(
 
 
 def start_crawl(sim: Simulator, url: str, customer: str, log: Path, **extra: str) -> subprocess.Popen[str]:
-    env = {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url, "PMP_DATABASE_URL": url,
-           "DOWNLOAD_DELAY": "0", "PMP_BATCH_PAGES": "0", "PMP_CHECKPOINT_EVERY": "2",
-           "PMP_BACKOFF_BASE": "0.05", "LOG_FILE": str(log), **extra}
+    env = crawl_env(sim, url, PMP_BATCH_PAGES=0, PMP_CHECKPOINT_EVERY=2, LOG_FILE=log, **extra)
     return subprocess.Popen([sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-a", f"customer={customer}",
                              "-s", "AUTOTHROTTLE_ENABLED=False"],
                             cwd=ROOT, env=scrapy_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -10,22 +10,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from conftest import TEN_PAGES, CrawlAgainst, db_rows, expected_table, json_log_lines, mapping_table
+from output_checks import assert_clean_outputs, console_has_no_secret  # noqa: F401 (fixture)
 
-from conftest import (
-    crawl_settings,
-    db_rows,
-    expected_table,
-    json_log_lines,
-    mapping_table,
-    oauth_env,
-    run_crawl,
-)
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.simulator.data import Dataset
-from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
+pytestmark = pytest.mark.crawl_defaults(LOG_LEVEL="DEBUG")
 FIELDS = ("patchname", "severity", "patch_status", "bulletinid", "vendor_name", "installed_time")
 
 
@@ -44,11 +35,10 @@ def no_gaps(db_path: Path) -> bool:
 # --- an empty page that is not the last -----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_page_with_zero_systems_before_the_last_is_logged_not_a_gap(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=3, kind="zero_systems")])
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=3, kind="zero_systems")])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_COVERAGE_TARGET=0.8, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_COVERAGE_TARGET=0.8)
         expected = expected_table(sim)
         missing = set(page_systems(sim, 3))
         assert_clean_outputs(sim, tmp_path, log_file)
@@ -63,16 +53,15 @@ async def test_page_with_zero_systems_before_the_last_is_logged_not_a_gap(
 # --- a system with no patches, patches without patch_id ---------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_system_without_patches_and_patches_without_id_are_skipped_with_warnings(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     # The simulator's missing_fields page: the first system loses patch_id on every third patch,
     # the last system arrives with an empty patch list.
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=2, kind="missing_fields")])
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=2, kind="missing_fields")])
     with Simulator(scenario=scenario) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         systems = page_systems(sim, 2)
-        dataset = Dataset(SMALL, sim.seed)
+        dataset = Dataset(TEN_PAGES, sim.seed)
         assert_clean_outputs(sim, tmp_path, log_file)
     first, last = systems[0], systems[-1]
     patches = dataset.system(int(first) - 10001)["patches"]
@@ -99,9 +88,9 @@ async def test_system_without_patches_and_patches_without_id_are_skipped_with_wa
 # --- duplicate patches in one system ------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_duplicate_patches_in_a_system_become_one_row(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     seed = 7  # a seed whose 300 systems include several with a duplicated patch (about 1 in 100)
-    dataset = Dataset(SMALL, seed)
+    dataset = Dataset(TEN_PAGES, seed)
     duplicated: dict[str, int] = {}
     for index in dataset.dcapi_indices():
         system = dataset.system(index)
@@ -110,9 +99,8 @@ async def test_duplicate_patches_in_a_system_become_one_row(
             duplicated[str(system["resource_id"])] = len(set(ids))
     assert duplicated, "the data set should contain a system with a duplicated patch"
 
-    with Simulator(scenario=Scenario(dataset=SMALL), seed=seed) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES), seed=seed) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
@@ -128,21 +116,24 @@ async def test_duplicate_patches_in_a_system_become_one_row(
 
 
 # --- the page count changes -----------------------------------------------------------------------------
+def changed_after_three_pages(**change: int) -> Scenario:
+    """The ten-page tenant, changed (``add_systems=45``, ``remove_systems=30``) once PMP has
+    answered three page requests: in the middle of a sweep."""
+    return Scenario(dataset=TEN_PAGES, mutations=[{"after_page_requests": 3, **change}])
+
+
 @pytest_twisted.ensureDeferred
 async def test_systems_added_mid_sweep_the_sweep_follows_the_new_page_count(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, mutations=[{"after_page_requests": 3, "add_systems": 45}])
-    with Simulator(scenario=scenario) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=changed_after_three_pages(add_systems=45)) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
-        pages = {r.page for r in sim.requests if r.kind == "page"}
         assert_clean_outputs(sim, tmp_path, log_file)
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
     changed = events(log_file, "total_pages_changed")
     assert changed and (changed[0]["old"], changed[0]["new"]) == (10, 12)
     assert changed[0]["level"] == "WARNING"
-    assert pages == set(range(1, 13))
+    assert {r.page for r in result.requests if r.kind == "page"} == set(range(1, 13))
     assert db_rows(db_path, "SELECT last_page FROM dcapi_extraction_checkpoints") == [(12,)]
     assert db_rows(db_path, "SELECT total_pages, state FROM dcapi_snapshots") == [(12, "complete")]
     assert mapping_table(db_path) == expected
@@ -150,20 +141,21 @@ async def test_systems_added_mid_sweep_the_sweep_follows_the_new_page_count(
 
 @pytest_twisted.ensureDeferred
 async def test_systems_removed_mid_sweep_are_logged_and_the_next_sweep_catches_up(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     # Removing systems shifts every later page forward (offset paging): a sweep in progress
     # misses the systems that move onto pages it already has. It must notice, end normally, and
     # the next sweep must pick them up.
-    scenario = Scenario(dataset=SMALL, mutations=[{"after_page_requests": 3, "remove_systems": 30}])
-    with Simulator(scenario=scenario) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                env=oauth_env(sim))
+    with Simulator(scenario=changed_after_three_pages(remove_systems=30)) as sim:
+        first = await crawl_against(sim, LOG_FILE=log_file)
         changed = events(log_file, "total_pages_changed")
-        second = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+        second = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
+    # The inventory answered before the change (300 managed systems: 285 needed for 95%) and at
+    # most 270 systems are covered, so the complete first sweep ends below the target: exit 2.
     assert first.exit_code in (0, 2) and first.close_reason == "finished"
+    assert first.exit_code == 2 and first.stats["pmp/snapshot_complete"] is True, first.stats.get("pmp/exit_message")
+    assert first.stats["pmp/managed_total"] == 300 and first.stats["pmp/coverage"] < 285
     assert changed and (changed[0]["old"], changed[0]["new"]) == (10, 9)
     assert first.stats["pmp/total_pages"] == 9
     assert second.exit_code == 0, second.stats.get("pmp/exit_message")
@@ -175,14 +167,12 @@ async def test_systems_removed_mid_sweep_are_logged_and_the_next_sweep_catches_u
 
 @pytest_twisted.ensureDeferred
 async def test_page_count_changing_between_runs_is_logged_and_followed(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **{**RUN, "PMP_BATCH_PAGES": 4}),
-                                monkeypatch, env=oauth_env(sim))
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        first = await crawl_against(sim, LOG_FILE=log_file, PMP_BATCH_PAGES=4)
         grown = DatasetSpec(managed_systems=360, no_patch_share=0.0)  # the same 300 systems and 60 new ones
         sim.set_scenario(Scenario(dataset=grown))
-        second = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+        second = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert first.exit_code == 0 and first.stats["pmp/checkpoint_page"] == 4
@@ -197,18 +187,16 @@ async def test_page_count_changing_between_runs_is_logged_and_followed(
 # --- coverage falls between runs --------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_coverage_lower_than_the_previous_run_is_a_warning(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """Coverage counts distinct systems in patch_system_mapping, whose rows the extractor never
     deletes; it can fall only when rows are removed outside the extractor (here: a retention job
     deleting the systems of the last three pages)."""
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        first = await crawl_against(sim, LOG_FILE=log_file)
         pruned = sim.dcapi_system_ids()[210:]
         with sqlite3.connect(db_path) as conn:
             conn.executemany("DELETE FROM patch_system_mapping WHERE resource_id = ?", [(r,) for r in pruned])
-        second = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file),
-                                                **{**RUN, "PMP_BATCH_PAGES": 2}), monkeypatch, env=oauth_env(sim))
+        second = await crawl_against(sim, LOG_FILE=log_file, PMP_BATCH_PAGES=2)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert first.exit_code == 0 and first.stats["pmp/coverage"] == 300
     assert second.exit_code == 0, second.stats.get("pmp/exit_message")

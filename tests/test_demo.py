@@ -9,8 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from conftest import SECRET_ENV, scrapy_command
+from conftest import DEFAULT_DCAPI, DEFAULT_MANAGED, DEFAULT_MAPPINGS, DEFAULT_PAGES, SECRET_ENV, scrapy_command
 
 
 @pytest.mark.slow  # the whole default tenant at the default 4 requests a second (about 30 s)
@@ -23,8 +22,8 @@ def test_demo_sweeps_the_default_tenant_into_pmp_demo_db(tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
     assert "pmp_scrapy: error" not in result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("pmp_scrapy: exit")]
-    assert line.startswith("pmp_scrapy: exit 0: batch done: 107 pages, 161611 mappings"), line
-    assert "coverage 3210 of 3317 systems (96.77%)" in line
+    assert line.startswith(f"pmp_scrapy: exit 0: batch done: {DEFAULT_PAGES} pages, {DEFAULT_MAPPINGS} mappings"), line
+    assert f"coverage {DEFAULT_DCAPI} of {DEFAULT_MANAGED} systems (96.77%)" in line
 
     db = workdir / "pmp_demo.db"
     assert db.is_file()
@@ -33,9 +32,11 @@ def test_demo_sweeps_the_default_tenant_into_pmp_demo_db(tmp_path: Path) -> None
         if companion.exists():
             assert stat.S_IMODE(companion.stat().st_mode) == 0o600, companion.name
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM patch_system_mapping").fetchone() == (161_611,)
-        assert conn.execute("SELECT COUNT(DISTINCT resource_id) FROM patch_system_mapping").fetchone() == (3210,)
-        assert conn.execute("SELECT state, total_pages FROM dcapi_snapshots").fetchall() == [("complete", 107)]
+        assert conn.execute("SELECT COUNT(*) FROM patch_system_mapping").fetchone() == (DEFAULT_MAPPINGS,)
+        systems = conn.execute("SELECT COUNT(DISTINCT resource_id) FROM patch_system_mapping").fetchone()
+        assert systems == (DEFAULT_DCAPI,)
+        snapshots = conn.execute("SELECT state, total_pages FROM dcapi_snapshots").fetchall()
+        assert snapshots == [("complete", DEFAULT_PAGES)]
     # Nothing else was left behind in the working directory.
     leftovers = {p.name for p in workdir.iterdir()} - {"pmp_demo.db", "pmp_demo.db-wal", "pmp_demo.db-shm"}
     assert leftovers == set()

@@ -6,17 +6,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
-from conftest import db_rows, oauth_env, scrapy_command
+from conftest import TEN_PAGES, crawl_env, db_rows, scrapy_command
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 
 
 def crawl(sim: Simulator, db_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """``scrapy crawl dcapi_patches`` against ``sim`` with fast, test-friendly settings."""
-    values = {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-              "PMP_DATABASE_URL": f"sqlite:///{db_path}", "DOWNLOAD_DELAY": "0", "PMP_BACKOFF_BASE": "0.05",
-              "PMP_BATCH_PAGES": "0", "PMP_CHECKPOINT_EVERY": "5", **env}
+    values = crawl_env(sim, db_path, **{"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 5, **env})
     return scrapy_command(["crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"], env=values, timeout=120)
 
 
@@ -30,7 +27,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], fragment: st
 
 # --- 0 -------------------------------------------------------------------------------------------------
 def test_clean_batch_exits_0(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
         result = crawl(sim, db_path, PMP_BATCH_PAGES="3")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "pmp_scrapy: exit 0: batch done: 3 pages" in result.stdout
@@ -38,7 +35,7 @@ def test_clean_batch_exits_0(db_path: Path) -> None:
 
 
 def test_target_already_met_exits_0_without_a_page_request(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
         first = crawl(sim, db_path)
         assert first.returncode == 0, first.stderr[-2000:]
         pages_before = sum(1 for r in sim.requests if r.kind == "page")
@@ -62,7 +59,7 @@ def test_bad_number_exits_1_with_one_line(db_path: Path, simulator: Simulator) -
 
 
 def test_token_endpoint_invalid_code_exits_1(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, token_faults=[Fault(kind="invalid_code")])) as sim:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind="invalid_code")])) as sim:
         result = crawl(sim, db_path)
         pages = [r for r in sim.requests if r.kind == "page"]
     assert result.returncode == 1, result.stderr[-2000:]
@@ -72,7 +69,7 @@ def test_token_endpoint_invalid_code_exits_1(db_path: Path) -> None:
 
 
 def test_three_401_in_a_row_exit_1(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[Fault(kind="http_401")])) as sim:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[Fault(kind="http_401")])) as sim:
         result = crawl(sim, db_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
@@ -81,7 +78,7 @@ def test_three_401_in_a_row_exit_1(db_path: Path) -> None:
 
 # --- 2 -------------------------------------------------------------------------------------------------
 def test_permanent_503_page_exits_2_with_a_gap(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[Fault(page=4, kind="http_503")])) as sim:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[Fault(page=4, kind="http_503")])) as sim:
         result = crawl(sim, db_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "pmp_scrapy: exit 2: 1 page(s) ended as gaps" in result.stderr

@@ -4,39 +4,27 @@ them and heals them once the fault is gone. Real crawls against the simulator.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-
 from conftest import (
+    TEN_PAGES,
+    CrawlAgainst,
     assert_no_secrets,
-    crawl_settings,
     db_rows,
     expected_table,
     json_log_lines,
     mapping_table,
-    oauth_env,
-    run_crawl,
+    page_attempts,
 )
-from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
-from output_checks import assert_clean_outputs, console_has_no_secret, log_file, output_blobs  # noqa: F401 (fixtures)
+from output_checks import assert_clean_outputs, console_has_no_secret, output_blobs  # noqa: F401 (fixture)
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG", "DOWNLOAD_TIMEOUT": 0.5}
+from pmp_scrapy.simulator import Fault, Scenario, Simulator
+
+pytestmark = pytest.mark.crawl_defaults(LOG_LEVEL="DEBUG", DOWNLOAD_TIMEOUT=0.5)
 PERSONAL = ["admin@example.com", "10.20.30.40", "2001:db8::1"]  # in every simulated error page
-
-
-def page_requests(sim: Simulator, page: int, at_least: int = 0) -> list[Any]:
-    """Requests for ``page`` as recorded (a slow answer is recorded when its thread wakes up)."""
-    deadline = time.monotonic() + 5
-    while True:
-        found = [r for r in sim.requests if r.kind == "page" and r.page == page]
-        if len(found) >= at_least or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 def gap_rows(db_path: Path) -> list[tuple[Any, ...]]:
@@ -58,9 +46,10 @@ CASES = {
     "permanent_503": (Fault(page=4, kind="http_503"), "5xx_server_error", 3, 503, "[email]"),
     "permanent_500_on_page_1": (Fault(page=1, kind="http_500"), "5xx_server_error", 3, 500, "[ip]"),
     "permanent_429": (Fault(page=4, kind="http_429"), "429_rate_limit", 3, 429, "Too many requests"),
-    "html_200": (Fault(page=4, kind="html_200"), "json_parse_error", 1, 200, "<html>"),
-    "empty_200": (Fault(page=4, kind="empty_200"), "json_parse_error", 1, 200, None),
-    "truncated_json": (Fault(page=4, kind="truncated_200"), "json_parse_error", 1, 200, '{"metadata"'),
+    # A 200 that is not JSON is retried like a 5xx (PMP's throttle page), then a json_parse_error gap.
+    "html_200": (Fault(page=4, kind="html_200"), "json_parse_error", 3, 200, "<html>"),
+    "empty_200": (Fault(page=4, kind="empty_200"), "json_parse_error", 3, 200, None),
+    "truncated_json": (Fault(page=4, kind="truncated_200"), "json_parse_error", 3, 200, '{"metadata"'),
     "wrong_shape_json": (Fault(page=4, kind="wrong_shape"), "invalid_payload", 1, 200, "systemreport"),
     "http_404": (Fault(page=4, kind="http_status", status=404), "unexpected_status", 1, 404, "Not Found"),
     "http_400": (Fault(page=4, kind="http_status", status=400), "unexpected_status", 1, 400, "Bad Request"),
@@ -76,22 +65,20 @@ class WrongErrorType(AssertionError):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest_twisted.ensureDeferred
 async def test_broken_page_becomes_a_gap_then_heals(tmp_path: Path, db_path: Path, log_file: Path,
-                                                    monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+                                                    crawl_against: CrawlAgainst, case: str) -> None:
     fault, error_type, attempts, status, fragment = CASES[case]
     page = fault.page
     assert page is not None
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[fault])) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN)
-        first = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        seen = page_requests(sim, page, at_least=attempts)
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[fault])) as sim:
+        first = await crawl_against(sim, LOG_FILE=log_file)
+        seen = page_attempts(sim, page, abandoned=attempts if fault.kind == "slow" else 0)
         expected = expected_table(sim)
         gaps = gap_rows(db_path)
         rows = mapping_table(db_path)
 
-        sim.set_scenario(Scenario(dataset=SMALL))  # the fault is gone
+        sim.set_scenario(Scenario(dataset=TEN_PAGES))  # the fault is gone
         sim.reset_requests()
-        second = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+        second = await crawl_against(sim, LOG_FILE=log_file)
         retried = [r.page for r in sim.requests if r.kind == "page"]
         healed = gap_rows(db_path)
         assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
@@ -131,11 +118,10 @@ async def test_broken_page_becomes_a_gap_then_heals(tmp_path: Path, db_path: Pat
 
 @pytest_twisted.ensureDeferred
 async def test_max_attempts_is_honoured(tmp_path: Path, db_path: Path, log_file: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[Fault(page=6, kind="http_502")])) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_MAX_ATTEMPTS=2, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        seen = page_requests(sim, 6)
+                                        crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[Fault(page=6, kind="http_502")])) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_MAX_ATTEMPTS=2)
+        seen = page_attempts(sim, 6)
         assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2
     assert len(seen) == 2
@@ -144,14 +130,13 @@ async def test_max_attempts_is_honoured(tmp_path: Path, db_path: Path, log_file:
 
 @pytest_twisted.ensureDeferred
 async def test_many_broken_pages_do_not_abort_the_sweep(tmp_path: Path, db_path: Path, log_file: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        crawl_against: CrawlAgainst) -> None:
     """No abort threshold: every kind of failure at once, on half the pages; the other half is
     stored and the run still ends normally with exit 2."""
     faults = [Fault(page=2, kind="http_503"), Fault(page=3, kind="html_200"), Fault(page=5, kind="drop"),
               Fault(page=6, kind="wrong_shape"), Fault(page=8, kind="http_status", status=404)]
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=faults)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=faults)) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2 and result.close_reason == "finished"
@@ -165,16 +150,15 @@ async def test_many_broken_pages_do_not_abort_the_sweep(tmp_path: Path, db_path:
 
 @pytest_twisted.ensureDeferred
 async def test_large_sample_is_cut_to_1kb_and_redacted(tmp_path: Path, db_path: Path, log_file: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                                       crawl_against: CrawlAgainst) -> None:
     # 4 KB of multi-byte HTML, with addresses throughout and one across the 1 KB mark.
     filler = "<p>Zürich 東京 backend</p>" * 40
     head = ("<html><body>" + filler).encode("utf-8")[:1010].decode("utf-8", "ignore")
     body = (head + " ops.team@example.com 192.168.100.200 fe80::1:2 " + filler * 3
             + "<p>root@example.org 10.0.0.1</p></body></html>")
     fault = Fault(page=3, kind="html_200", body=body)
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[fault])) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[fault])) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file)
         assert_clean_outputs(sim, tmp_path, log_file, personal=PERSONAL)
     assert result.exit_code == 2
     [(_, error_type, _, sample, _, _)] = gap_rows(db_path)

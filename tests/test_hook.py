@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -12,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from conftest import THREE_PAGES, CrawlAgainst, SlackReceiver, oauth_env
 
-from conftest import crawl_settings, oauth_env, run_crawl
-from pmp_scrapy.extensions.hook import committed_data
-from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
+from pmp_scrapy.extensions.hook import HIDDEN_ENV, committed_data
+from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario, Simulator
 
-SMALL = DatasetSpec(managed_systems=90, no_patch_share=0.0)  # 3 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 2}
+pytestmark = pytest.mark.crawl_defaults(PMP_CHECKPOINT_EVERY=2)
 
 
 def recorder(out: Path) -> str:
@@ -26,7 +26,7 @@ def recorder(out: Path) -> str:
     code = ("import json, os, sys; summary = json.load(sys.stdin); "
             f"open({str(out)!r}, 'w').write(json.dumps({{'summary': summary, "
             "'secret_env': [k for k in os.environ if k in ('PMP_CLIENT_SECRET', 'PMP_REFRESH_TOKEN', "
-            "'SLACK_WEBHOOK_URL', 'PMP_CLIENT_ID')], 'exit_env': os.environ.get('PMP_EXIT_CODE')}))")
+            "'SLACK_WEBHOOK_URL', 'PMP_CLIENT_ID', 'PMP_API_KEY')], 'exit_env': os.environ.get('PMP_EXIT_CODE')}))")
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
@@ -42,11 +42,16 @@ def test_committed_data() -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_hook_gets_the_summary_then_is_skipped_when_nothing_was_committed(
-        db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, crawl_against: CrawlAgainst, caplog: pytest.LogCaptureFixture, slack: SlackReceiver) -> None:
     out = tmp_path / "hook.json"
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        settings = crawl_settings(sim, db_path, **RUN, POST_EXTRACTION_HOOK=recorder(out))
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=THREE_PAGES)) as sim:
+        # Every secret the hook must not see is in the crawl's environment: the OAuth credentials,
+        # an API key and a working Slack webhook.
+        secrets = {**oauth_env(sim), "PMP_API_KEY": DEMO_CREDENTIALS["api_key"], "SLACK_WEBHOOK_URL": slack.url}
+        assert set(secrets) == set(HIDDEN_ENV)
+        result = await crawl_against(sim, env=secrets, POST_EXTRACTION_HOOK=recorder(out), PMP_SLACK_MIN_INTERVAL=0)
+        assert all(os.environ[name] == value for name, value in secrets.items())  # set while the hook ran
+        assert slack.posts and result.stats["pmp/slack/sent"] == len(slack.posts)  # Slack really was on
         assert result.exit_code == 0 and result.stats["pmp/hook_exit_code"] == 0
         got = json.loads(out.read_text())
         out.unlink()
@@ -56,20 +61,20 @@ async def test_hook_gets_the_summary_then_is_skipped_when_nothing_was_committed(
         assert got["secret_env"] == [] and got["exit_env"] == "0"
         assert events(caplog, "hook_finished")
 
-        again = await run_crawl(crawl_settings(sim, db_path, **RUN, POST_EXTRACTION_HOOK=recorder(out)),
-                                monkeypatch, env=oauth_env(sim))
+        posted = len(slack.posts)
+        again = await crawl_against(sim, env=secrets, POST_EXTRACTION_HOOK=recorder(out), PMP_SLACK_MIN_INTERVAL=0)
     assert again.close_reason == "pmp_target_met" and again.exit_code == 0
+    assert len(slack.posts) == posted  # nothing to do: Slack says nothing either
     assert not out.exists()
     assert events(caplog, "hook_skipped")
 
 
 @pytest_twisted.ensureDeferred
-async def test_failing_hook_is_logged_never_fatal(db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_failing_hook_is_logged_never_fatal(crawl_against: CrawlAgainst,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     command = f"{shlex.quote(sys.executable)} -c \"import sys; print('oops admin@example.com', file=sys.stderr); sys.exit(3)\""
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN, POST_EXTRACTION_HOOK=command),
-                                 monkeypatch, env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=THREE_PAGES)) as sim:
+        result = await crawl_against(sim, POST_EXTRACTION_HOOK=command)
     assert result.exit_code == 0 and result.stats["pmp/hook_failed"] is True
     [failed] = events(caplog, "hook_failed")
     assert failed.levelno == logging.WARNING and failed.exit_code == 3
@@ -77,14 +82,13 @@ async def test_failing_hook_is_logged_never_fatal(db_path: Path, monkeypatch: py
 
 
 @pytest_twisted.ensureDeferred
-async def test_hook_is_killed_at_its_timeout(db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_hook_is_killed_at_its_timeout(tmp_path: Path, crawl_against: CrawlAgainst,
                                              caplog: pytest.LogCaptureFixture) -> None:
     marker = tmp_path / "late"
     command = f"sleep 30; touch {shlex.quote(str(marker))}"
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
+    with Simulator(scenario=Scenario(dataset=THREE_PAGES)) as sim:
         started = time.monotonic()
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN, POST_EXTRACTION_HOOK=command,
-                                                PMP_HOOK_TIMEOUT=0.5), monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, POST_EXTRACTION_HOOK=command, PMP_HOOK_TIMEOUT=0.5)
         elapsed = time.monotonic() - started
     assert result.exit_code == 0 and elapsed < 10
     [failed] = events(caplog, "hook_failed")
@@ -93,11 +97,9 @@ async def test_hook_is_killed_at_its_timeout(db_path: Path, tmp_path: Path, monk
 
 
 @pytest_twisted.ensureDeferred
-async def test_unstartable_hook_is_a_warning(db_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             caplog: pytest.LogCaptureFixture) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN, POST_EXTRACTION_HOOK="/nonexistent/hook --x"),
-                                 monkeypatch, env=oauth_env(sim))
+async def test_unstartable_hook_is_a_warning(crawl_against: CrawlAgainst, caplog: pytest.LogCaptureFixture) -> None:
+    with Simulator(scenario=Scenario(dataset=THREE_PAGES)) as sim:
+        result = await crawl_against(sim, POST_EXTRACTION_HOOK="/nonexistent/hook --x")
     assert result.exit_code == 0
     [failed] = events(caplog, "hook_failed")
     assert failed.exit_code == 127  # the shell could not find it

@@ -13,24 +13,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
-from scrapy.settings import Settings
-
 from conftest import (
-    crawl_settings,
+    TEN_PAGES,
+    CrawlAgainst,
+    crawl_env,
     json_log_lines,
-    oauth_env,
-    run_crawl,
+    project_settings,
     scrapy_command,
     scrapy_on_terminal,
 )
+
 from pmp_scrapy.extensions.progress import progress_wanted
-from pmp_scrapy.logformat import install_log_handler, register_secret, set_log_context, uninstall_log_handler
+from pmp_scrapy.logformat import install_log_handler, register_secret, set_log_context
 from pmp_scrapy.plan import RunPlan, Watermark
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
+SMALL_TENANT = DatasetSpec(managed_systems=60, no_patch_share=0.0)  # 2 pages of 30
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
 
@@ -42,27 +41,13 @@ def by_event(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return grouped
 
 
-def crawl_env(sim: Simulator, db_path: Path, **extra: str) -> dict[str, str]:
-    return {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-            "PMP_DATABASE_URL": f"sqlite:///{db_path}", "DOWNLOAD_DELAY": "0", "PMP_BACKOFF_BASE": "0.05",
-            "PMP_BATCH_PAGES": "0", **extra}
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Any:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
-
-
 @pytest_twisted.ensureDeferred
-async def test_log_file_is_json_with_the_spec_schema(db_path: Path, log_file: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=3, kind="http_503", attempts=(1,)),
-                                               Fault(page=5, kind="http_503", attempts=(1, 2, 3))])
-    settings = {"LOG_FILE": str(log_file), "PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3}
+async def test_log_file_is_json_with_the_spec_schema(log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=3, kind="http_503", attempts=(1,)),
+                                                   Fault(page=5, kind="http_503", attempts=(1, 2, 3))])
     with Simulator(scenario=scenario) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
-        second = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+        first = await crawl_against(sim, LOG_FILE=log_file)
+        second = await crawl_against(sim, LOG_FILE=log_file)
     assert (first.exit_code, second.exit_code) == (2, 0)
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
 
@@ -104,12 +89,10 @@ async def test_log_file_is_json_with_the_spec_schema(db_path: Path, log_file: Pa
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_skipped_page_is_an_error_event(db_path: Path, log_file: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=4, kind="http_503")])
+async def test_a_skipped_page_is_an_error_event(log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=4, kind="http_503")])
     with Simulator(scenario=scenario) as sim:
-        await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_BATCH_PAGES=0),
-                        monkeypatch, env=oauth_env(sim))
+        await crawl_against(sim, LOG_FILE=log_file, PMP_CHECKPOINT_EVERY=10)
     skipped = [r for r in json_log_lines(log_file)
                if r["event_type"] == "page_extraction_failed" and r.get("action") == "skip_page"]
     assert len(skipped) == 1 and skipped[0]["level"] == "ERROR"
@@ -117,21 +100,16 @@ async def test_a_skipped_page_is_an_error_event(db_path: Path, log_file: Path,
 
 
 @pytest_twisted.ensureDeferred
-async def test_abort_is_critical_then_run_aborted(db_path: Path, log_file: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[Fault(kind="http_401")])) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file)), monkeypatch,
-                                 env=oauth_env(sim))
+async def test_abort_is_critical_then_run_aborted(log_file: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[Fault(kind="http_401")])) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_BATCH_PAGES=50, PMP_CHECKPOINT_EVERY=10)
     assert result.exit_code == 1
     aborted = by_event(json_log_lines(log_file))["run_aborted"]
     assert {r["level"] for r in aborted} == {"CRITICAL", "ERROR"}
 
 
 def test_redaction_and_registered_secrets_in_every_line(log_file: Path) -> None:
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings")
-    settings.set("LOG_FILE", str(log_file))
-    install_log_handler(settings)
+    install_log_handler(project_settings(LOG_FILE=str(log_file)))
     set_log_context(snapshot_id=7, customer="acme")
     register_secret("https://hooks.example.test/services/SECRETPATH123")
     log = logging.getLogger("pmp_scrapy.test")
@@ -151,10 +129,7 @@ def test_log_file_rotates_daily_and_stays_private(log_file: Path) -> None:
     os.chmod(log_file, 0o644)
     two_days_ago = time.time() - 2 * 86400
     os.utime(log_file, (two_days_ago, two_days_ago))
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings")
-    settings.set("LOG_FILE", str(log_file))
-    install_log_handler(settings)
+    install_log_handler(project_settings(LOG_FILE=str(log_file)))
     logging.getLogger("pmp_scrapy.test").info("a new day", extra={"event_type": "x"})
     rotated = [p for p in log_file.parent.iterdir() if p.name.startswith("pmp.log.")]
     assert len(rotated) == 1 and rotated[0].read_text() == '{"old": true}\n'
@@ -163,12 +138,12 @@ def test_log_file_rotates_daily_and_stays_private(log_file: Path) -> None:
 
 
 def test_log_format_follows_the_terminal_and_the_setting(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=60, no_patch_share=0.0))) as sim:
-        piped = scrapy_command(["crawl", "dcapi_patches"], env=crawl_env(sim, db_path), timeout=120)
+    with Simulator(scenario=Scenario(dataset=SMALL_TENANT)) as sim:
+        piped = scrapy_command(["crawl", "dcapi_patches"], env=crawl_env(sim, db_path, PMP_BATCH_PAGES=0), timeout=120)
         console = scrapy_command(["crawl", "dcapi_patches", "-a", "reset=1"],
-                                 env=crawl_env(sim, db_path, PMP_LOG_FORMAT="console"), timeout=120)
+                                 env=crawl_env(sim, db_path, PMP_BATCH_PAGES=0, PMP_LOG_FORMAT="console"), timeout=120)
         code, _, terminal = scrapy_on_terminal(["crawl", "dcapi_patches", "-a", "reset=1"],
-                                               env=crawl_env(sim, db_path, PMP_PROGRESS="on"))
+                                               env=crawl_env(sim, db_path, PMP_BATCH_PAGES=0, PMP_PROGRESS="on"))
     assert piped.returncode == 0 and console.returncode == 0 and code == 0
     piped_lines = piped.stderr.splitlines()
     assert piped_lines and all(json.loads(line)["timestamp"] for line in piped_lines)
@@ -181,9 +156,9 @@ def test_log_format_follows_the_terminal_and_the_setting(db_path: Path) -> None:
 
 
 def test_progress_is_silent_off_a_terminal(db_path: Path) -> None:
-    with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=60, no_patch_share=0.0))) as sim:
-        result = scrapy_command(["crawl", "dcapi_patches"], env=crawl_env(sim, db_path, LOG_LEVEL="ERROR"),
-                                timeout=120)
+    with Simulator(scenario=Scenario(dataset=SMALL_TENANT)) as sim:
+        result = scrapy_command(["crawl", "dcapi_patches"],
+                                env=crawl_env(sim, db_path, PMP_BATCH_PAGES=0, LOG_LEVEL="ERROR"), timeout=120)
     assert result.returncode == 0
     assert result.stderr == ""
     assert progress_wanted("auto", stderr_tty=True, environ={"SCRAPY_JOB": "abc"}) is False  # scrapyd

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import crawl_env, scrapy_command
 from sqlalchemy.engine import make_url
+from test_storage import postgres_url, url_rows  # noqa: F401 (fixture)
 
-from conftest import oauth_env, scrapy_command
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.simulator import Scenario, Simulator
 from pmp_scrapy.storage import Store
 from pmp_scrapy.storage.engine import is_transient
-from test_storage import postgres_url, url_rows  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.postgres
 
@@ -141,9 +141,7 @@ def test_missing_postgres_database_is_one_line_exit_1(postgres_url: str, tmp_pat
 
 def test_crawl_into_unreachable_postgres_is_one_line_exit_1(tmp_path: Path) -> None:
     with Simulator(scenario=Scenario()) as sim:
-        env = {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-               "PMP_DATABASE_URL": "postgresql+psycopg://pmp:s3cretPW@127.0.0.1:9/pmp",
-               "LOG_FILE": str(tmp_path / "pmp.log")}
+        env = crawl_env(sim, "postgresql+psycopg://pmp:s3cretPW@127.0.0.1:9/pmp", LOG_FILE=tmp_path / "pmp.log")
         result = scrapy_command(["crawl", "dcapi_patches"], env=env, timeout=90)
         pages = [r for r in sim.requests if r.kind == "page"]
     assert result.returncode == 1, result.stderr

@@ -9,44 +9,27 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-
 from conftest import (
     ROOT,
-    crawl_settings,
+    SEVEN_PAGES,
+    CrawlAgainst,
+    crawl_env,
     db_rows,
     expected_table,
     json_log_lines,
     mapping_table,
-    oauth_env,
-    run_crawl,
+    page_requests,
     scrapy_command,
     scrapy_env,
 )
-from pmp_scrapy.logformat import uninstall_log_handler
+from twisted.internet import reactor, task
+
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
-
-SMALL = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 7 pages of 30
-
-
-def page_requests(sim: Simulator) -> list[int]:
-    return [r.page for r in sim.requests if r.kind == "page"]
-
-
-def crawl_env(sim: Simulator, db_path: Path, **extra: str) -> dict[str, str]:
-    return {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-            "PMP_DATABASE_URL": f"sqlite:///{db_path}", "PMP_BACKOFF_BASE": "0.05", **extra}
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "pmp.log"
-    uninstall_log_handler()
 
 
 def checkpoint_page(db_path: Path) -> int | None:
@@ -168,10 +151,9 @@ def identity_rows(db_path: Path) -> list[tuple[Any, ...]]:
 
 @pytest_twisted.ensureDeferred
 async def test_reset_after_a_complete_sweep_keeps_rows_and_their_identity(
-        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3}
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+        db_path: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
+        first = await crawl_against(sim)
         assert first.exit_code == 0
         before = identity_rows(db_path)
         # An edited row shows that the new sweep refreshes fields in place.
@@ -180,10 +162,9 @@ async def test_reset_after_a_complete_sweep_keeps_rows_and_their_identity(
         with sqlite3.connect(db_path) as conn:
             conn.execute("UPDATE patch_system_mapping SET patch_status = 'Edited', severity = NULL "
                          "WHERE mapping_id = ?", (edited_id,))
-        time.sleep(1.1)  # CURRENT_TIMESTAMP has one-second resolution: a re-insert would show
+        await task.deferLater(reactor, 1.1)  # CURRENT_TIMESTAMP has one-second resolution: a re-insert would show
         sim.reset_requests()
-        reset = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim),
-                                reset="1")
+        reset = await crawl_against(sim, reset="1")
         expected = expected_table(sim)
         assert sorted(page_requests(sim)) == list(range(1, 8))
     assert reset.exit_code == 0, reset.stats.get("pmp/exit_message")
@@ -200,16 +181,15 @@ async def test_reset_after_a_complete_sweep_keeps_rows_and_their_identity(
 
 
 @pytest_twisted.ensureDeferred
-async def test_reset_mid_sweep_abandons_the_running_snapshot(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=3), monkeypatch, env=oauth_env(sim))
+async def test_reset_mid_sweep_abandons_the_running_snapshot(db_path: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
+        first = await crawl_against(sim, PMP_BATCH_PAGES=3)
         assert first.exit_code == 0
         sim.reset_requests()
-        reset = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=3), monkeypatch, env=oauth_env(sim),
-                                reset="1")
+        reset = await crawl_against(sim, PMP_BATCH_PAGES=3, reset="1")
         assert sorted(page_requests(sim)) == [1, 2, 3]
         sim.reset_requests()
-        rest = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0), monkeypatch, env=oauth_env(sim))
+        rest = await crawl_against(sim, PMP_BATCH_PAGES=0)
         assert sorted(page_requests(sim)) == [4, 5, 6, 7]
         expected = expected_table(sim)
     assert (reset.exit_code, rest.exit_code) == (0, 0)
@@ -229,17 +209,15 @@ CORRUPTIONS = {
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 @pytest_twisted.ensureDeferred
 async def test_corrupt_checkpoint_starts_a_new_snapshot_from_page_1(
-        corruption: str, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=3, PMP_CHECKPOINT_EVERY=1),
-                                monkeypatch, env=oauth_env(sim))
+        corruption: str, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
+        first = await crawl_against(sim, PMP_BATCH_PAGES=3, PMP_CHECKPOINT_EVERY=1)
         assert first.exit_code == 0
         assert db_rows(db_path, "SELECT snapshot_id, last_page FROM dcapi_extraction_checkpoints") == [(1, 3)]
         with sqlite3.connect(db_path) as conn:
             conn.execute(CORRUPTIONS[corruption])
         sim.reset_requests()
-        second = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, LOG_FILE=str(log_file)),
-                                 monkeypatch, env=oauth_env(sim))
+        second = await crawl_against(sim, PMP_BATCH_PAGES=0, LOG_FILE=log_file)
         requested = page_requests(sim)
         expected = expected_table(sim)
     assert second.exit_code == 0, second.stats.get("pmp/exit_message")
@@ -262,14 +240,12 @@ async def test_corrupt_checkpoint_starts_a_new_snapshot_from_page_1(
 
 @pytest_twisted.ensureDeferred
 async def test_pages_enter_batches_in_arrival_order_so_the_checkpoint_keeps_up(
-        db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """Requests one at a time in page order (a delay), no faults: every page joins a batch soon
     after the pages before it, so each checkpoint covers (nearly) the pages committed with it."""
     every, concurrency = 3, 3  # PMP_CHECKPOINT_EVERY; CONCURRENT_REQUESTS (settings.py)
     with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=1200, no_patch_share=0.0))) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, DOWNLOAD_DELAY=0.02, PMP_BATCH_PAGES=0,
-                                                PMP_CHECKPOINT_EVERY=every, LOG_FILE=str(log_file)),
-                                 monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, DOWNLOAD_DELAY=0.02, PMP_CHECKPOINT_EVERY=every, LOG_FILE=log_file)
         expected = expected_table(sim)
     assert result.exit_code == 0
     assert mapping_table(db_path) == expected

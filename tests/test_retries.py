@@ -6,28 +6,28 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-
 from conftest import (
-    crawl_settings,
+    TEN_PAGES,
+    CrawlAgainst,
     db_rows,
     expected_table,
     json_log_lines,
     mapping_table,
     max_requests_in_window,
-    oauth_env,
+    page_attempts,
     page_request_times,
-    run_crawl,
 )
-from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
-from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
+from output_checks import assert_clean_outputs, console_has_no_secret  # noqa: F401 (fixture)
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
+from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
+
+pytestmark = pytest.mark.crawl_defaults(LOG_LEVEL="DEBUG")
 # The contract's politeness defaults, as they ship (crawl_settings turns both off for speed).
 DEFAULT_RATE = {"DOWNLOAD_DELAY": 0.25, "AUTOTHROTTLE_ENABLED": True}
 
@@ -39,20 +39,9 @@ def assert_at_most_4_a_second(times: list[float]) -> None:
     about half the runs. The window is shortened to 0.9 s to absorb that jitter: any real
     breach of the pacing (no delay, a retry or token call bypassing the slot, a delay under
     0.225 s) still fails. See the report on the zero margin of DOWNLOAD_DELAY = 0.25."""
-    spacing = sorted(b - a for a, b in zip(times, times[1:]))
+    spacing = sorted(b - a for a, b in pairwise(times))
     assert spacing[len(spacing) // 2] >= 0.245, spacing  # the median: the pacing is 0.25 s
     assert max_requests_in_window(times, window=0.9) <= 4, spacing
-
-
-def attempts_of(sim: Simulator, page: int, at_least: int = 0) -> list[Any]:
-    """The requests for ``page`` as the server recorded them. A slow answer is recorded when its
-    (sleeping) server thread finishes, after the client gave up on it: wait for ``at_least``."""
-    deadline = time.monotonic() + 5
-    while True:
-        found = [r for r in sim.requests if r.kind == "page" and r.page == page]
-        if len(found) >= at_least or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
 
 
 def assert_recovered(result: Any, db_path: Path, expected: dict[Any, Any]) -> None:
@@ -69,12 +58,11 @@ def retry_events(log_file: Path, page: int) -> list[dict[str, Any]]:
 # --- scenario 3: 503, 503, 200 ------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_503_503_200_recovers_after_exponential_backoff(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=3, kind="http_503", attempts=(1, 2))])
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=3, kind="http_503", attempts=(1, 2))])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_BACKOFF_BASE=0.3, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        tries = attempts_of(sim, 3)
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_BACKOFF_BASE=0.3)
+        tries = page_attempts(sim, 3)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
 
@@ -93,12 +81,11 @@ async def test_503_503_200_recovers_after_exponential_backoff(
 @pytest.mark.parametrize("kind", ["http_500", "http_502", "http_504", "http_429"])
 @pytest_twisted.ensureDeferred
 async def test_other_transient_statuses_recover(tmp_path: Path, db_path: Path, log_file: Path,
-                                                monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=2, kind=kind, attempts=(1, 2))])
+                                                crawl_against: CrawlAgainst, kind: str) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=2, kind=kind, attempts=(1, 2))])
     with Simulator(scenario=scenario) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
-        assert [r.status for r in attempts_of(sim, 2)][-1] == 200
+        result = await crawl_against(sim, LOG_FILE=log_file)
+        assert [r.status for r in page_attempts(sim, 2)][-1] == 200
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert_recovered(result, db_path, expected)
@@ -107,16 +94,14 @@ async def test_other_transient_statuses_recover(tmp_path: Path, db_path: Path, l
 # --- 429 with Retry-After -------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_429_retry_after_seconds_waits_for_that_page_only(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """At the default rate settings: page 2's next attempt comes >= 2 s later while the other
     pages keep flowing at <= 4 a second."""
     dataset = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 20 pages of 10
     scenario = Scenario(dataset=dataset, faults=[Fault(page=2, kind="http_429", attempts=(1,), retry_after="2")])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_PAGE_LIMIT=10,
-                                  PMP_BACKOFF_BASE=0.05, **DEFAULT_RATE, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        first, second = attempts_of(sim, 2)
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_PAGE_LIMIT=10, PMP_BACKOFF_BASE=0.05, **DEFAULT_RATE)
+        first, second = page_attempts(sim, 2)
         between = [r.page for r in sim.requests if r.kind == "page" and first.t < r.t < second.t]
         times = page_request_times(sim)
         expected = expected_table(sim)
@@ -132,14 +117,13 @@ async def test_429_retry_after_seconds_waits_for_that_page_only(
 
 @pytest_twisted.ensureDeferred
 async def test_429_retry_after_http_date(tmp_path: Path, db_path: Path, log_file: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
+                                         crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
         until = int(time.time()) + 4  # an HTTP date has whole seconds
-        sim.set_scenario(Scenario(dataset=SMALL, faults=[
+        sim.set_scenario(Scenario(dataset=TEN_PAGES, faults=[
             Fault(page=2, kind="http_429", attempts=(1,), retry_after=formatdate(until, usegmt=True))]))
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN), monkeypatch,
-                                 env=oauth_env(sim))
-        first, second = attempts_of(sim, 2)
+        result = await crawl_against(sim, LOG_FILE=log_file)
+        first, second = page_attempts(sim, 2)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert (first.status, second.status) == (429, 200)
@@ -152,12 +136,11 @@ async def test_429_retry_after_http_date(tmp_path: Path, db_path: Path, log_file
 
 @pytest_twisted.ensureDeferred
 async def test_retry_after_is_capped(tmp_path: Path, db_path: Path, log_file: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=2, kind="http_429", attempts=(1,), retry_after="3600")])
+                                     crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=2, kind="http_429", attempts=(1,), retry_after="3600")])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_MAX_RETRY_AFTER=1, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        first, second = attempts_of(sim, 2)
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_MAX_RETRY_AFTER=1)
+        first, second = page_attempts(sim, 2)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert 1.0 <= second.t - first.t < 2.0
@@ -167,13 +150,11 @@ async def test_retry_after_is_capped(tmp_path: Path, db_path: Path, log_file: Pa
 # --- network: slow answers and dropped connections --------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_timeouts_recover_with_backoff(tmp_path: Path, db_path: Path, log_file: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                             crawl_against: CrawlAgainst) -> None:
     fault = Fault(page=2, kind="slow", delay=1.0, attempts=(1, 2))
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[fault])) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), DOWNLOAD_TIMEOUT=0.5,
-                                  PMP_BACKOFF_BASE=0.2, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        tries = attempts_of(sim, 2, at_least=3)
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[fault])) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_TIMEOUT=0.5, PMP_BACKOFF_BASE=0.2)
+        tries = page_attempts(sim, 2, abandoned=2)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert [(r.fault, r.status) for r in tries] == [("slow", 200), ("slow", 200), (None, 200)]
@@ -187,14 +168,13 @@ async def test_timeouts_recover_with_backoff(tmp_path: Path, db_path: Path, log_
 
 @pytest_twisted.ensureDeferred
 async def test_dropped_connections_recover(tmp_path: Path, db_path: Path, log_file: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                           crawl_against: CrawlAgainst) -> None:
     # Twisted's connection pool silently re-sends a GET whose reused connection closed, so the
     # server may see more drops than Scrapy counts failures: assert on what each side saw.
     fault = Fault(page=2, kind="drop", attempts=(1, 2))
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=[fault])) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_BACKOFF_BASE=0.2, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        tries = attempts_of(sim, 2, at_least=3)
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=[fault])) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_BACKOFF_BASE=0.2)
+        tries = page_attempts(sim, 2)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert [(r.fault, r.status) for r in tries] == [("drop", 0), ("drop", 0), (None, 200)]
@@ -205,12 +185,11 @@ async def test_dropped_connections_recover(tmp_path: Path, db_path: Path, log_fi
 
 @pytest_twisted.ensureDeferred
 async def test_mixed_errors_on_one_page_are_classified_per_attempt(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     faults = [Fault(page=4, kind="http_503", attempts=(1,)), Fault(page=4, kind="slow", delay=1.0, attempts=(2,))]
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=faults)) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), DOWNLOAD_TIMEOUT=0.5, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        tries = attempts_of(sim, 4, at_least=3)
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=faults)) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_TIMEOUT=0.5)
+        tries = page_attempts(sim, 4, abandoned=1)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert [r.fault for r in tries] == ["http_503", "slow", None]
@@ -223,15 +202,13 @@ async def test_mixed_errors_on_one_page_are_classified_per_attempt(
 # --- the rate at the default settings --------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_default_settings_send_at_most_4_pages_a_second(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """DOWNLOAD_DELAY 0.25 with AutoThrottle on (the shipped settings), ~20 pages, a few
     transient faults whose retries must respect the same spacing."""
     dataset = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 20 pages of 10
     faults = [Fault(page=5, kind="http_503", attempts=(1,)), Fault(page=9, kind="http_401", attempts=(1,))]
     with Simulator(scenario=Scenario(dataset=dataset, faults=faults)) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_PAGE_LIMIT=10,
-                                  PMP_BACKOFF_BASE=0.05, **DEFAULT_RATE, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_PAGE_LIMIT=10, PMP_BACKOFF_BASE=0.05, **DEFAULT_RATE)
         times = page_request_times(sim)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)

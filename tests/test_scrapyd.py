@@ -26,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import (
+    ROOT,
+    SECRET_ENV,
+    assert_no_secrets,
+    crawl_env,
+    expected_table,
+    json_log_lines,
+    mapping_table,
+    oauth_env,
+)
 
-from conftest import ROOT, SECRET_ENV, assert_no_secrets, expected_table, json_log_lines, mapping_table
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Scenario, Simulator
 
 pytest.importorskip("scrapyd", reason="scrapyd is not installed (pip install -r requirements-dev.txt)")
@@ -38,8 +47,6 @@ if not os.access(DEPLOY, os.X_OK):
                 allow_module_level=True)
 
 PROJECT = "pmp_scrapy"
-
-
 
 
 def free_port() -> int:
@@ -112,15 +119,10 @@ def scrapyd(tmp_path: Path) -> Iterator[Scrapyd]:
            if not k.startswith(("PMP_", "SCRAPY_")) and k not in (*SECRET_ENV, "PYTHONPATH")}
     env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     # Credentials live with the node (keyring or environment), never in schedule.json.
-    env.update(oauth_env_for_node())
+    env.update(oauth_env())
     server = Scrapyd(workdir, env)
     yield server
     server.stop()
-
-
-def oauth_env_for_node() -> dict[str, str]:
-    return {"PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"], "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
-            "PMP_REFRESH_TOKEN": DEMO_CREDENTIALS["refresh_token"]}
 
 
 def deploy(target_url: str, workdir: Path) -> None:
@@ -134,7 +136,7 @@ def deploy(target_url: str, workdir: Path) -> None:
     (copy / "scrapy.cfg").write_text(cfg.replace("http://127.0.0.1:6800/", target_url + "/"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMP_", "SCRAPY_"))}
     result = subprocess.run([DEPLOY, "default", "--version", "r1"], cwd=copy, env=env, capture_output=True,
-                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+                            text=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '"status": "ok"' in result.stdout, result.stdout + result.stderr
 
@@ -153,10 +155,10 @@ def test_scrapyd_deploy_schedule_and_check_database_and_logs(scrapyd: Scrapyd, t
                                    "globex": DatasetSpec(managed_systems=240, no_patch_share=0.0, seed=9)})
     with Simulator(scenario=scenario) as sim:
         jobs = {}
+        # The crawl's settings travel in schedule.json; its credentials never do.
+        settings = {name: value for name, value in crawl_env(sim, db, AUTOTHROTTLE_ENABLED=False, PMP_BATCH_PAGES=0,
+                                                            PMP_CHECKPOINT_EVERY=3).items() if name not in SECRET_ENV}
         for customer in ("acme", "globex"):
-            settings = {"PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url, "PMP_DATABASE_URL": f"sqlite:///{db}",
-                        "DOWNLOAD_DELAY": "0", "AUTOTHROTTLE_ENABLED": "False", "PMP_BATCH_PAGES": "0",
-                        "PMP_CHECKPOINT_EVERY": "3"}
             data = [("project", PROJECT), ("spider", "dcapi_patches"), ("customer", customer)]
             data += [("setting", f"{name}={value}") for name, value in settings.items()]
             answer = api(scrapyd.url, "schedule.json", data)
@@ -173,9 +175,13 @@ def test_scrapyd_deploy_schedule_and_check_database_and_logs(scrapyd: Scrapyd, t
                 pytest.fail(f"scrapyd jobs did not finish in 90 s: {listing}")
             time.sleep(0.5)
 
+        # Every page request named one of the two customers, and each job asked for each of its
+        # customer's pages.
+        pages = [r for r in sim.requests if r.kind == "page"]
+        assert {r.customer for r in pages} <= set(jobs), {r.customer for r in pages}
         for customer, job_id in jobs.items():
-            crawled = {r.customer for r in sim.requests if r.kind == "page" and r.customer == customer}
-            assert crawled == {customer}, job_log_summary(tmp_path, job_id)
+            crawled = {r.page for r in pages if r.customer == customer}
+            assert crawled == set(range(1, sim.total_pages(30, customer) + 1)), job_log_summary(tmp_path, job_id)
         expected = {customer: expected_table(sim, customer) for customer in jobs}
         tokens = sim.issued_tokens
 

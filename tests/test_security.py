@@ -6,7 +6,8 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from conftest import SlackReceiver, assert_no_secrets, db_rows, oauth_env, scrapy_command
+from conftest import SlackReceiver, assert_no_secrets, crawl_env, db_rows, scrapy_command
+
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
 
 PERSONAL = ["admin@example.com", "10.20.30.40", "2001:db8::1"]  # in every simulated error page
@@ -23,10 +24,8 @@ def test_no_secret_or_personal_data_in_any_output(tmp_path: Path, slack: SlackRe
                 Fault(page=7, kind="html_200")],  # a JSON parse error with an HTML sample
     )
     with Simulator(scenario=scenario) as sim:
-        env = {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-               "PMP_DATABASE_URL": f"sqlite:///{db_path}", "DOWNLOAD_DELAY": "0.15", "PMP_BACKOFF_BASE": "0.05",
-               "PMP_BATCH_PAGES": "0", "PMP_CHECKPOINT_EVERY": "3", "LOG_FILE": str(log_file),
-               "LOG_LEVEL": "DEBUG", "SLACK_WEBHOOK_URL": slack.url, "PMP_SLACK_MIN_INTERVAL": "0.5"}
+        env = crawl_env(sim, db_path, DOWNLOAD_DELAY=0.15, PMP_BATCH_PAGES=0, PMP_CHECKPOINT_EVERY=3,
+                        LOG_FILE=log_file, LOG_LEVEL="DEBUG", SLACK_WEBHOOK_URL=slack.url, PMP_SLACK_MIN_INTERVAL=0.5)
         result = scrapy_command(["crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"], env=env,
                                 timeout=120)
         tokens = [str(t) for t in sim.issued_tokens]

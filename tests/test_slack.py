@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from conftest import TEN_PAGES, CrawlAgainst, SlackReceiver, json_log_lines, oauth_env
 
-from conftest import SlackReceiver, crawl_settings, json_log_lines, oauth_env, run_crawl
 from pmp_scrapy.extensions.slack import webhook_problem
-from pmp_scrapy.logformat import uninstall_log_handler
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 2}
+pytestmark = pytest.mark.crawl_defaults(PMP_CHECKPOINT_EVERY=2)
 
 
 def slack_env(sim: Simulator, url: str) -> dict[str, str]:
@@ -39,9 +37,9 @@ def test_webhook_validation(url: str, ok: bool) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_no_slack_call_without_a_webhook(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN), monkeypatch, env=oauth_env(sim))
+async def test_no_slack_call_without_a_webhook(crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim)
         served = len(sim.requests)
     assert result.exit_code == 0
     assert result.stats["downloader/request_count"] == served  # every request went to PMP
@@ -49,11 +47,11 @@ async def test_no_slack_call_without_a_webhook(db_path: Path, monkeypatch: pytes
 
 
 @pytest_twisted.ensureDeferred
-async def test_invalid_webhook_disables_slack_with_a_warning(db_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture, slack: SlackReceiver) -> None:
+async def test_invalid_webhook_disables_slack_with_a_warning(
+        crawl_against: CrawlAgainst, caplog: pytest.LogCaptureFixture, slack: SlackReceiver) -> None:
     insecure = slack.url.replace("127.0.0.1", "hooks.example.invalid")
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN), monkeypatch, env=slack_env(sim, insecure))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim, env=slack_env(sim, insecure))
         served = len(sim.requests)
     assert result.exit_code == 0
     assert slack.posts == [] and result.stats["downloader/request_count"] == served
@@ -63,11 +61,11 @@ async def test_invalid_webhook_disables_slack_with_a_warning(db_path: Path, monk
 
 
 @pytest_twisted.ensureDeferred
-async def test_messages_of_a_run(db_path: Path, monkeypatch: pytest.MonkeyPatch, slack: SlackReceiver) -> None:
-    scenario = Scenario(dataset=SMALL, faults=[Fault(page=4, kind="http_503")])
+async def test_messages_of_a_run(crawl_against: CrawlAgainst, slack: SlackReceiver) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, faults=[Fault(page=4, kind="http_503")])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, **RUN, PMP_COVERAGE_TARGET=0.85, PMP_SLACK_MIN_INTERVAL=0)
-        result = await run_crawl(settings, monkeypatch, env=slack_env(sim, slack.url))
+        result = await crawl_against(sim, env=slack_env(sim, slack.url), PMP_COVERAGE_TARGET=0.85,
+                                     PMP_SLACK_MIN_INTERVAL=0)
     assert result.exit_code == 2  # page 4 is a gap, though 270 of 300 meets an 85% target
     text = "\n".join(slack.texts)
     assert text.startswith("🔄 PMP DCAPI extraction started: snapshot")
@@ -81,12 +79,11 @@ async def test_messages_of_a_run(db_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest_twisted.ensureDeferred
-async def test_at_most_one_message_per_interval_coalesced(db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_at_most_one_message_per_interval_coalesced(crawl_against: CrawlAgainst,
                                                           slack: SlackReceiver) -> None:
     interval = 1.0
     with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=300, no_patch_share=0.2))) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **RUN, PMP_SLACK_MIN_INTERVAL=interval),
-                                 monkeypatch, env=slack_env(sim, slack.url))
+        result = await crawl_against(sim, env=slack_env(sim, slack.url), PMP_SLACK_MIN_INTERVAL=interval)
     assert result.exit_code == 2  # a complete sweep below the target
     gaps = [b.t - a.t for a, b in zip(slack.posts, slack.posts[1:])]
     assert len(slack.posts) >= 2 and all(gap >= interval * 0.95 for gap in gaps), gaps
@@ -97,13 +94,12 @@ async def test_at_most_one_message_per_interval_coalesced(db_path: Path, monkeyp
 
 @pytest.mark.parametrize("status", [404, 410])
 @pytest_twisted.ensureDeferred
-async def test_gone_webhook_disables_slack_for_the_run(status: int, db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_gone_webhook_disables_slack_for_the_run(status: int, crawl_against: CrawlAgainst,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     receiver = SlackReceiver(status=status)
     try:
-        with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-            result = await run_crawl(crawl_settings(sim, db_path, **RUN, PMP_SLACK_MIN_INTERVAL=0),
-                                     monkeypatch, env=slack_env(sim, receiver.url))
+        with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+            result = await crawl_against(sim, env=slack_env(sim, receiver.url), PMP_SLACK_MIN_INTERVAL=0)
     finally:
         receiver.close()
     assert result.exit_code == 0 and result.stats["pmp/pages_committed"] == 10
@@ -113,16 +109,16 @@ async def test_gone_webhook_disables_slack_for_the_run(status: int, db_path: Pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_failing_or_unreachable_slack_never_stops_extraction(db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_failing_or_unreachable_slack_never_stops_extraction(crawl_against: CrawlAgainst,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     failing = SlackReceiver(status=500)
     closed = SlackReceiver()
     closed.close()  # nothing listens on its port any more
     try:
         for receiver in (failing, closed):
-            with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-                result = await run_crawl(crawl_settings(sim, db_path, **RUN, PMP_SLACK_MIN_INTERVAL=0, PMP_RESET=True),
-                                         monkeypatch, env=slack_env(sim, receiver.url))
+            with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+                result = await crawl_against(sim, env=slack_env(sim, receiver.url), PMP_SLACK_MIN_INTERVAL=0,
+                                             PMP_RESET=True)
             assert result.exit_code == 0 and result.stats["pmp/pages_committed"] == 10
             assert result.stats["pmp/slack/failed"] >= 2
     finally:
@@ -133,12 +129,11 @@ async def test_failing_or_unreachable_slack_never_stops_extraction(db_path: Path
 
 
 @pytest_twisted.ensureDeferred
-async def test_slow_slack_does_not_slow_extraction(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slow_slack_does_not_slow_extraction(crawl_against: CrawlAgainst) -> None:
     receiver = SlackReceiver(delay=2.0)
     try:
-        with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-            result = await run_crawl(crawl_settings(sim, db_path, **RUN, PMP_SLACK_MIN_INTERVAL=0),
-                                     monkeypatch, env=slack_env(sim, receiver.url))
+        with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+            result = await crawl_against(sim, env=slack_env(sim, receiver.url), PMP_SLACK_MIN_INTERVAL=0)
             pages = [r.t for r in sim.requests if r.kind == "page"]
     finally:
         receiver.close()
@@ -148,16 +143,11 @@ async def test_slow_slack_does_not_slow_extraction(db_path: Path, monkeypatch: p
 
 
 @pytest_twisted.ensureDeferred
-async def test_webhook_url_never_reaches_the_log(db_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 tmp_path: Path, slack: SlackReceiver) -> None:
-    log_file = tmp_path / "pmp.log"
-    try:
-        with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-            result = await run_crawl(crawl_settings(sim, db_path, **RUN, LOG_FILE=str(log_file), LOG_LEVEL="DEBUG",
-                                                    PMP_SLACK_MIN_INTERVAL=0),
-                                     monkeypatch, env=slack_env(sim, slack.url))
-    finally:
-        uninstall_log_handler()
+async def test_webhook_url_never_reaches_the_log(crawl_against: CrawlAgainst, log_file: Path,
+                                                 slack: SlackReceiver) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim, env=slack_env(sim, slack.url), LOG_FILE=log_file, LOG_LEVEL="DEBUG",
+                                     PMP_SLACK_MIN_INTERVAL=0)
     assert result.exit_code == 0 and slack.posts
     text = log_file.read_text()
     assert "hookSecret0123456789" not in text and "T0SECRET" not in text

@@ -6,13 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
+from conftest import THREE_PAGES, CrawlAgainst, scrapy_command
 
-from conftest import crawl_settings, oauth_env, run_crawl, scrapy_command
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
-
-FAST = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3}
 
 
 def status(db_path: Path, *args: str) -> Any:
@@ -51,17 +48,21 @@ def test_database_without_extraction_tables_exit_1(tmp_path: Path) -> None:
 
 
 def test_status_needs_no_pmp_settings(tmp_path: Path) -> None:
-    """No PMP_BASE_URL, no credentials: status still answers (here: no database)."""
-    result = status(tmp_path / "x.db")
+    """No PMP_BASE_URL, no credentials: status still answers (here: no database). The answer is
+    the missing database's one line, so status got past every setting it does not need."""
+    db_path = tmp_path / "x.db"
+    result = status(db_path)
     assert "PMP_BASE_URL" not in result.stderr
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"pmp_scrapy: no database at {db_path}; run `scrapy crawl dcapi_patches` first"
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_after_a_partial_sweep_then_a_healing_run(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_status_after_a_partial_sweep_then_a_healing_run(db_path: Path, crawl_against: CrawlAgainst) -> None:
     scenario = Scenario(dataset=DatasetSpec(managed_systems=300, no_patch_share=0.2),
                         faults=[Fault(page=2, kind="http_503", attempts=(1, 2, 3))])
     with Simulator(scenario=scenario) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, **FAST), monkeypatch, env=oauth_env(sim))
+        first = await crawl_against(sim)
         assert first.exit_code == 2
         before = db_path.read_bytes()
         report = status_json(db_path)
@@ -90,7 +91,7 @@ async def test_status_after_a_partial_sweep_then_a_healing_run(db_path: Path, mo
         assert "NOT MET" in text.stdout and "DCAPI does not report" in text.stdout
         assert "1 open, 0 resolved" in text.stdout and "page 2" in text.stdout
 
-        second = await run_crawl(crawl_settings(sim, db_path, **FAST), monkeypatch, env=oauth_env(sim))
+        second = await crawl_against(sim)
     assert second.exit_code == 2  # the gap healed, but DCAPI still omits systems
     customer = status_json(db_path)["customers"][0]
     assert customer["gaps"]["open"] == []
@@ -99,12 +100,11 @@ async def test_status_after_a_partial_sweep_then_a_healing_run(db_path: Path, mo
 
 
 @pytest_twisted.ensureDeferred
-async def test_status_lists_every_customer(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=DatasetSpec(managed_systems=90, no_patch_share=0.0),
-                        customers={"acme": DatasetSpec(managed_systems=60, no_patch_share=0.0)})
+async def test_status_lists_every_customer(db_path: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=THREE_PAGES, customers={"acme": DatasetSpec(managed_systems=60, no_patch_share=0.0)})
     with Simulator(scenario=scenario) as sim:
         for args in ({}, {"customer": "acme"}):
-            result = await run_crawl(crawl_settings(sim, db_path, **FAST), monkeypatch, env=oauth_env(sim), **args)
+            result = await crawl_against(sim, **args)
             assert result.exit_code == 0
     report = status_json(db_path)
     by_name = {c["customer"]: c for c in report["customers"]}

@@ -10,29 +10,29 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import pytest_twisted
-
 from conftest import (
-    crawl_settings,
+    DEFAULT_DCAPI,
+    DEFAULT_MANAGED,
+    DEFAULT_MAPPINGS,
+    DEFAULT_PAGES,
+    SEVEN_PAGES,
+    CrawlAgainst,
+    crawl_env,
     db_rows,
     expected_table,
     mapping_table,
-    oauth_env,
-    run_crawl,
+    page_requests,
     scrapy_command,
 )
+
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
 
-# The default data set: 3,317 managed systems, of which DCAPI reports 3,210 (107 pages of 30).
-DEFAULT_MANAGED, DEFAULT_DCAPI, DEFAULT_PAGES, DEFAULT_MAPPINGS = 3317, 3210, 107, 161_611
-SMALL = DatasetSpec(managed_systems=200, no_patch_share=0.0)  # 7 pages of 30, 40 pages of 5
-
-
-def page_requests(sim: Simulator) -> list[int]:
-    return [r.page for r in sim.requests if r.kind == "page"]
+# Checkpoints at the project's default (PMP_CHECKPOINT_EVERY 10) unless a test says otherwise.
+pytestmark = pytest.mark.crawl_defaults(PMP_CHECKPOINT_EVERY=10)
 
 
 def duplicates(db_path: Path) -> list[tuple[Any, ...]]:
@@ -43,7 +43,7 @@ def duplicates(db_path: Path) -> list[tuple[Any, ...]]:
 # --- 1. the default tenant, 50 pages a run ------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
-async def test_default_tenant_in_batches_of_50_then_target_met(db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_default_tenant_in_batches_of_50_then_target_met(db_path: Path, crawl_against: CrawlAgainst,
                                                                simulator: Simulator) -> None:
     sim = simulator
     assert (sim.managed_total(), sim.total_pages(30)) == (DEFAULT_MANAGED, DEFAULT_PAGES)
@@ -52,7 +52,7 @@ async def test_default_tenant_in_batches_of_50_then_target_met(db_path: Path, mo
     results = []
     for _ in range(3):
         sim.reset_requests()
-        result = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, **settings)
         results.append(result)
         pages_per_run.append(sorted(page_requests(sim)))
     assert [r.exit_code for r in results] == [0, 0, 0], [r.stats.get("pmp/exit_message") for r in results]
@@ -64,7 +64,7 @@ async def test_default_tenant_in_batches_of_50_then_target_met(db_path: Path, mo
 
     # The fourth run finds 3,210 of 3,317 (96.8% >= 95%) and sends nothing at all.
     sim.reset_requests()
-    fourth = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+    fourth = await crawl_against(sim, **settings)
     assert fourth.exit_code == 0 and fourth.close_reason == "pmp_target_met"
     assert sim.requests == []
 
@@ -89,13 +89,13 @@ async def test_default_tenant_in_batches_of_50_then_target_met(db_path: Path, mo
 # --- 5. target met: no request; PMP_TOTAL_SYSTEMS as the denominator -----------------------------
 
 @pytest_twisted.ensureDeferred
-async def test_target_met_sends_no_request_at_all(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0), monkeypatch, env=oauth_env(sim))
+async def test_target_met_sends_no_request_at_all(db_path: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
+        first = await crawl_against(sim, PMP_BATCH_PAGES=0)
         assert first.exit_code == 0
         before = len(sim.requests)
         rows_before = db_rows(db_path, "SELECT * FROM patch_system_mapping ORDER BY mapping_id")
-        again = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0), monkeypatch, env=oauth_env(sim))
+        again = await crawl_against(sim, PMP_BATCH_PAGES=0)
         assert len(sim.requests) == before  # no token, no inventory, no page request
     assert (again.exit_code, again.close_reason) == (0, "pmp_target_met")
     assert again.stats.get("pmp/target_met") is True
@@ -103,28 +103,26 @@ async def test_target_met_sends_no_request_at_all(db_path: Path, monkeypatch: py
 
 
 @pytest_twisted.ensureDeferred
-async def test_total_systems_setting_is_the_denominator(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_total_systems_setting_is_the_denominator(db_path: Path, crawl_against: CrawlAgainst) -> None:
     """DCAPI omits a fifth of the managed systems: the complete sweep stalls below 95% (exit 2)
     until PMP_TOTAL_SYSTEMS names the systems expected to have patch data."""
     omitting = DatasetSpec(managed_systems=300, no_patch_share=0.2)
     with Simulator(scenario=Scenario(dataset=omitting)) as sim:
         reported = len(sim.dcapi_system_ids())
         assert reported < 0.95 * 300
-        first = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0), monkeypatch, env=oauth_env(sim))
+        first = await crawl_against(sim, PMP_BATCH_PAGES=0)
         assert first.exit_code == 2 and first.stats.get("pmp/snapshot_complete") is True
         assert mapping_table(db_path) == expected_table(sim)
 
         # Without the setting the next run would start a new sweep; with it the target is met.
         before = len(sim.requests)
-        met = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, PMP_TOTAL_SYSTEMS=reported),
-                              monkeypatch, env=oauth_env(sim))
+        met = await crawl_against(sim, PMP_BATCH_PAGES=0, PMP_TOTAL_SYSTEMS=reported)
         assert len(sim.requests) == before
         assert (met.exit_code, met.close_reason) == (0, "pmp_target_met")
 
         # A denominator the coverage does not reach: the run works again.
         sim.reset_requests()
-        short = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=1, PMP_TOTAL_SYSTEMS=10_000),
-                                monkeypatch, env=oauth_env(sim))
+        short = await crawl_against(sim, PMP_BATCH_PAGES=1, PMP_TOTAL_SYSTEMS=10_000)
         assert page_requests(sim) == [1]
     assert short.close_reason == "finished"
 
@@ -134,11 +132,10 @@ async def test_total_systems_setting_is_the_denominator(db_path: Path, monkeypat
 @pytest.mark.parametrize("page_limit, pages", [(5, 40), (30, 7)])
 @pytest_twisted.ensureDeferred
 async def test_page_limit_sets_the_page_size(page_limit: int, pages: int, db_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
+                                             crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
         assert sim.total_pages(page_limit) == pages
-        result = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, PMP_PAGE_LIMIT=page_limit,
-                                                PMP_CHECKPOINT_EVERY=7), monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, PMP_BATCH_PAGES=0, PMP_PAGE_LIMIT=page_limit, PMP_CHECKPOINT_EVERY=7)
         assert result.exit_code == 0, result.stats.get("pmp/exit_message")
         requests = [r for r in sim.requests if r.kind == "page"]
         assert sorted(r.page for r in requests) == list(range(1, pages + 1))
@@ -151,11 +148,10 @@ async def test_page_limit_sets_the_page_size(page_limit: int, pages: int, db_pat
 
 
 @pytest_twisted.ensureDeferred
-async def test_default_tenant_has_642_pages_of_5(db_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_default_tenant_has_642_pages_of_5(db_path: Path, crawl_against: CrawlAgainst,
                                                  simulator: Simulator) -> None:
     """The page count comes from the server, not from a constant (the spec says 664)."""
-    result = await run_crawl(crawl_settings(simulator, db_path, PMP_BATCH_PAGES=1, PMP_PAGE_LIMIT=5),
-                             monkeypatch, env=oauth_env(simulator))
+    result = await crawl_against(simulator, PMP_BATCH_PAGES=1, PMP_PAGE_LIMIT=5)
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
     assert page_requests(simulator) == [1]
     assert result.stats.get("pmp/total_pages") == 642
@@ -235,18 +231,16 @@ def seed_schema(db_path: Path) -> dict[str, str]:
 
 @pytest_twisted.ensureDeferred
 async def test_an_earlier_tools_database_keeps_its_tables_untouched(db_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     crawl_against: CrawlAgainst) -> None:
     with sqlite3.connect(db_path) as conn:
         conn.executescript(SEED_DDL)
     foreign_before = foreign_state(db_path)
     seed_before = seed_schema(db_path)
     assert len([n for n in seed_before if not n.startswith("sqlite_autoindex")]) == 3 + 6
 
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        first = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=4, PMP_CHECKPOINT_EVERY=2),
-                                monkeypatch, env=oauth_env(sim))
-        second = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=4, PMP_CHECKPOINT_EVERY=2),
-                                 monkeypatch, env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim:
+        first = await crawl_against(sim, PMP_BATCH_PAGES=4, PMP_CHECKPOINT_EVERY=2)
+        second = await crawl_against(sim, PMP_BATCH_PAGES=4, PMP_CHECKPOINT_EVERY=2)
         expected = expected_table(sim)
     assert (first.exit_code, second.exit_code) == (0, 0)
     assert foreign_state(db_path) == foreign_before
@@ -286,7 +280,7 @@ class ModeWatcher:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> ModeWatcher:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -298,13 +292,12 @@ class ModeWatcher:
 
 @pytest_twisted.ensureDeferred
 async def test_sqlite_files_are_private_and_parents_are_created(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                crawl_against: CrawlAgainst) -> None:
     db_path = tmp_path / "not" / "yet" / "there" / "pmp.db"
     old_umask = os.umask(0o022)  # a usual umask: files would be 0644 without care
     try:
-        with Simulator(scenario=Scenario(dataset=SMALL)) as sim, ModeWatcher(db_path) as watcher:
-            result = await run_crawl(crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, PMP_CHECKPOINT_EVERY=1),
-                                     monkeypatch, env=oauth_env(sim))
+        with Simulator(scenario=Scenario(dataset=SEVEN_PAGES)) as sim, ModeWatcher(db_path) as watcher:
+            result = await crawl_against(sim, PMP_DATABASE_URL=f"sqlite:///{db_path}", PMP_CHECKPOINT_EVERY=1)
     finally:
         os.umask(old_umask)
     assert result.exit_code == 0
@@ -325,9 +318,9 @@ async def test_sqlite_files_are_private_and_parents_are_created(tmp_path: Path,
 def test_bad_setting_is_one_line_and_exit_1(name: str, value: str, fragment: str, tmp_path: Path,
                                              simulator: Simulator) -> None:
     db_path = tmp_path / "pmp.db"
-    env = {**oauth_env(simulator), "PMP_BASE_URL": simulator.url, "PMP_ACCOUNTS_URL": simulator.url,
-           "PMP_DATABASE_URL": f"sqlite:///{db_path}", name: value}
-    result: subprocess.CompletedProcess[str] = scrapy_command(["crawl", "dcapi_patches"], env=env, timeout=60)
+    result: subprocess.CompletedProcess[str] = scrapy_command(["crawl", "dcapi_patches"],
+                                                              env=crawl_env(simulator, db_path, **{name: value}),
+                                                              timeout=60)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -5,30 +5,30 @@ a failing token endpoint, and the on-premises API key."""
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-
 from conftest import (
+    TEN_PAGES,
+    CrawlAgainst,
     assert_no_secrets,
-    crawl_settings,
+    crawl_env,
     db_rows,
     expected_table,
     json_log_lines,
     mapping_table,
     max_requests_in_window,
-    oauth_env,
     page_request_times,
-    run_crawl,
     scrapy_command,
 )
-from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
-from output_checks import assert_clean_outputs, console_has_no_secret, log_file  # noqa: F401 (fixtures)
+from output_checks import assert_clean_outputs, console_has_no_secret  # noqa: F401 (fixture)
 
-SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)  # 10 pages of 30
-RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3, "LOG_LEVEL": "DEBUG"}
+from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
+
+pytestmark = pytest.mark.crawl_defaults(LOG_LEVEL="DEBUG")
 
 
 def refreshes(log_file: Path) -> list[dict[str, Any]]:
@@ -38,12 +38,10 @@ def refreshes(log_file: Path) -> list[dict[str, Any]]:
 # --- revocation ------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_token_revoked_mid_run_costs_one_refresh_and_no_gap(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, revoke_after_page_requests=4)
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, revoke_after_page_requests=4)
     with Simulator(scenario=scenario) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN),
-                                 monkeypatch, env=oauth_env(sim))
-        requests = sim.requests
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
         issued = sim.tokens_issued
@@ -53,7 +51,7 @@ async def test_token_revoked_mid_run_costs_one_refresh_and_no_gap(
     assert result.stats.get("pmp/token_refresh/run_start") == 1
     assert result.stats.get("pmp/token_refresh/unauthorized") == 1
     assert "pmp/token_refresh/proactive" not in result.stats
-    assert any(r.kind == "page" and r.status == 401 for r in requests)
+    assert any(r.kind == "page" and r.status == 401 for r in result.requests)
     ok = [r for r in json_log_lines(log_file) if r.get("event_type") == "token_refresh" and r["success"]]
     assert [r["reason"] for r in ok] == ["run_start", "unauthorized"]
     assert db_rows(db_path, "SELECT COUNT(*) FROM dcapi_extraction_gaps") == [(0,)]
@@ -63,24 +61,22 @@ async def test_token_revoked_mid_run_costs_one_refresh_and_no_gap(
 # --- proactive refresh from expires_in (spec scenario 2) ------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_20s_token_over_a_slow_sweep_is_refreshed_before_it_expires(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """Spec scenario 2 at the spec's own scale: a 20 s token, the default 0.25 s delay with
     AutoThrottle on, and a sweep of ~22 s. Refreshes come at 0.8 × 20 = 16 s; the server never
     sees an expired token. (The token middleware adds the expected download-slot wait to a token's
     age, so a request stamped just before 16 s does not leave after 20 s.)"""
     scenario = Scenario(dataset=DatasetSpec(managed_systems=880, no_patch_share=0.0), token_ttl=20)
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), DOWNLOAD_DELAY=0.25,
-                                  AUTOTHROTTLE_ENABLED=True, PMP_PAGE_LIMIT=10, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        requests = sim.requests
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_DELAY=0.25, AUTOTHROTTLE_ENABLED=True,
+                                     PMP_PAGE_LIMIT=10)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
 
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
-    pages = [r for r in requests if r.kind == "page"]
+    pages = [r for r in result.requests if r.kind == "page"]
     assert pages[-1].t - pages[0].t > 20  # the sweep outlives one token
-    assert [r for r in requests if r.status == 401] == []
+    assert [r for r in result.requests if r.status == 401] == []
     assert result.stats.get("pmp/token_refresh/proactive", 0) >= 1
     assert "pmp/unauthorized" not in result.stats
     proactive = [r for r in refreshes(log_file) if r["reason"] == "proactive"]
@@ -89,7 +85,7 @@ async def test_20s_token_over_a_slow_sweep_is_refreshed_before_it_expires(
     assert mapping_table(db_path) == expected
     # At most 4 pages a second (window shortened for arrival jitter: see test_retries).
     times = page_request_times(sim)
-    spacing = sorted(b - a for a, b in zip(times, times[1:]))
+    spacing = sorted(b - a for a, b in pairwise(times))
     assert spacing[len(spacing) // 2] >= 0.245
     assert max_requests_in_window(times, window=0.9) <= 4
 
@@ -100,21 +96,18 @@ class ExpiredTokenSent(AssertionError):
 
 @pytest_twisted.ensureDeferred
 async def test_short_token_at_default_delay_is_refreshed_before_it_expires(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     """Scenario 2 scaled down (8 s token, refresh due at 6.4 s less the expected slot wait) at the
     default 0.25 s delay, where 8 requests queued in the slot wait up to 2 s."""
     scenario = Scenario(dataset=DatasetSpec(managed_systems=400, no_patch_share=0.0), token_ttl=8)
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), DOWNLOAD_DELAY=0.25,
-                                  PMP_PAGE_LIMIT=10, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        requests = sim.requests
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_DELAY=0.25, PMP_PAGE_LIMIT=10)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
     assert mapping_table(db_path) == expected  # data is complete either way (401s are retried)
     assert db_rows(db_path, "SELECT COUNT(*) FROM dcapi_extraction_gaps") == [(0,)]
-    unauthorized = [r for r in requests if r.status == 401]
+    unauthorized = [r for r in result.requests if r.status == 401]
     if unauthorized or not result.stats.get("pmp/token_refresh/proactive"):
         raise ExpiredTokenSent(f"{len(unauthorized)} requests reached PMP with an expired token; "
                                f"refreshes: { {k: v for k, v in result.stats.items() if 'token_refresh' in k} }")
@@ -123,20 +116,18 @@ async def test_short_token_at_default_delay_is_refreshed_before_it_expires(
 # --- no expires_in: PMP_TOKEN_DEFAULT_TTL ----------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_without_expires_in_the_default_lifetime_drives_proactive_refresh(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     scenario = Scenario(dataset=DatasetSpec(managed_systems=400, no_patch_share=0.0), omit_expires_in=True)
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), DOWNLOAD_DELAY=0.05,
-                                  PMP_PAGE_LIMIT=5, PMP_TOKEN_DEFAULT_TTL=2, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
-        requests = sim.requests
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_DELAY=0.05, PMP_PAGE_LIMIT=5,
+                                     PMP_TOKEN_DEFAULT_TTL=2)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
 
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
-    pages = [r for r in requests if r.kind == "page"]
+    pages = [r for r in result.requests if r.kind == "page"]
     assert pages[-1].t - pages[0].t > 2.5
-    assert [r for r in requests if r.status == 401] == []
+    assert [r for r in result.requests if r.status == 401] == []
     events = [r for r in refreshes(log_file) if r["success"]]
     assert events[0]["reason"] == "run_start" and events[0]["token_age_s"] is None
     proactive = [r for r in events if r["reason"] == "proactive"]
@@ -152,12 +143,11 @@ async def test_without_expires_in_the_default_lifetime_drives_proactive_refresh(
 # --- three 401s in a row ------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_three_401s_with_fresh_tokens_stop_the_run_and_keep_what_was_committed(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     # Pages 1-3 answer; from page 4 on every request is refused even with a brand-new token.
     refused = [Fault(page=p, kind="http_401") for p in range(4, 11)]
-    settings = {**RUN, "PMP_CHECKPOINT_EVERY": 1, "LOG_FILE": str(log_file)}
-    with Simulator(scenario=Scenario(dataset=SMALL, faults=refused)) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES, faults=refused)) as sim:
+        result = await crawl_against(sim, PMP_CHECKPOINT_EVERY=1, LOG_FILE=log_file)
         first_expected = expected_table(sim)
         issued = sim.tokens_issued
         checkpoint = db_rows(db_path, "SELECT last_page FROM dcapi_extraction_checkpoints")
@@ -165,8 +155,8 @@ async def test_three_401s_with_fresh_tokens_stop_the_run_and_keep_what_was_commi
         gaps = db_rows(db_path, "SELECT page_num FROM dcapi_extraction_gaps")
         log = json_log_lines(log_file)
 
-        sim.set_scenario(Scenario(dataset=SMALL))  # the OAuth client is fixed
-        again = await run_crawl(crawl_settings(sim, db_path, **settings), monkeypatch, env=oauth_env(sim))
+        sim.set_scenario(Scenario(dataset=TEN_PAGES))  # the OAuth client is fixed
+        again = await crawl_against(sim, PMP_CHECKPOINT_EVERY=1, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
 
@@ -199,12 +189,11 @@ def token_times(sim: Simulator) -> list[float]:
 ])
 @pytest_twisted.ensureDeferred
 async def test_token_endpoint_refusal_three_tries_with_backoff_then_exit_1(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst,
         kind: str, cause: str, fragment: str, not_fragment: str) -> None:
-    scenario = Scenario(dataset=SMALL, token_faults=[Fault(kind=kind)])
+    scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind=kind)])
     with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_BACKOFF_BASE=0.3, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_BACKOFF_BASE=0.3)
         times = token_times(sim)
         pages = [r for r in sim.requests if r.kind == "page"]
         assert_clean_outputs(sim, tmp_path, log_file)
@@ -224,11 +213,10 @@ async def test_token_endpoint_refusal_three_tries_with_backoff_then_exit_1(
 
 @pytest_twisted.ensureDeferred
 async def test_token_endpoint_recovers_on_the_third_try(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    scenario = Scenario(dataset=SMALL, token_faults=[Fault(kind="access_denied", attempts=(1, 2))])
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind="access_denied", attempts=(1, 2))])
     with Simulator(scenario=scenario) as sim:
-        result = await run_crawl(crawl_settings(sim, db_path, LOG_FILE=str(log_file), **RUN),
-                                 monkeypatch, env=oauth_env(sim))
+        result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
         assert len(token_times(sim)) == 3
         assert_clean_outputs(sim, tmp_path, log_file)
@@ -238,12 +226,10 @@ async def test_token_endpoint_recovers_on_the_third_try(
 
 def test_token_throttled_exit_line_says_throttled(db_path: Path) -> None:
     """As cron sees it: the one line on stderr names Zoho's token limit, not the credentials."""
-    scenario = Scenario(dataset=SMALL, token_limit_per_10min=0)  # the real limit, already used up
+    scenario = Scenario(dataset=TEN_PAGES, token_limit_per_10min=0)  # the real limit, already used up
     with Simulator(scenario=scenario) as sim:
-        env = {**oauth_env(sim), "PMP_BASE_URL": sim.url, "PMP_ACCOUNTS_URL": sim.url,
-               "PMP_DATABASE_URL": f"sqlite:///{db_path}", "DOWNLOAD_DELAY": "0", "PMP_BACKOFF_BASE": "0.05"}
-        result = scrapy_command(["crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"], env=env,
-                                timeout=120)
+        result = scrapy_command(["crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"],
+                                env=crawl_env(sim, db_path), timeout=120)
         assert len(token_times(sim)) == 3
         secrets = [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"]]
     assert result.returncode == 1, result.stderr[-2000:]
@@ -256,13 +242,12 @@ def test_token_throttled_exit_line_says_throttled(db_path: Path) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_unreachable_accounts_server_exit_1_says_unreachable(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_ACCOUNTS_URL=dead, **RUN)
-        result = await run_crawl(settings, monkeypatch, env=oauth_env(sim))
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_ACCOUNTS_URL=dead)
         assert sim.requests == [] or all(r.kind != "page" for r in sim.requests)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert result.exit_code == 1
@@ -275,32 +260,29 @@ async def test_unreachable_accounts_server_exit_1_says_unreachable(
 # --- on-premises API key -------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_api_key_mode_sends_the_bare_key_and_asks_for_no_token(
-        tmp_path: Path, db_path: Path, log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_AUTH="apikey", **RUN)
-        result = await run_crawl(settings, monkeypatch, env={"PMP_API_KEY": DEMO_CREDENTIALS["api_key"]})
-        requests = sim.requests
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim, env={"PMP_API_KEY": DEMO_CREDENTIALS["api_key"]}, LOG_FILE=log_file,
+                                     PMP_AUTH="apikey")
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
-    assert [r for r in requests if r.kind == "token"] == []
-    assert {r.auth for r in requests if r.kind in ("page", "inventory")} == {"apikey"}
+    assert [r for r in result.requests if r.kind == "token"] == []
+    assert {r.auth for r in result.requests if r.kind in ("page", "inventory")} == {"apikey"}
     assert mapping_table(db_path) == expected
 
 
 @pytest_twisted.ensureDeferred
 async def test_api_key_refused_exit_1(tmp_path: Path, db_path: Path, log_file: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                      crawl_against: CrawlAgainst) -> None:
     wrong = "WRONG-KEY-0123456789"
-    with Simulator(scenario=Scenario(dataset=SMALL)) as sim:
-        settings = crawl_settings(sim, db_path, LOG_FILE=str(log_file), PMP_AUTH="apikey", **RUN)
-        result = await run_crawl(settings, monkeypatch, env={"PMP_API_KEY": wrong})
-        requests = sim.requests
+    with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+        result = await crawl_against(sim, env={"PMP_API_KEY": wrong}, LOG_FILE=log_file, PMP_AUTH="apikey")
         assert_clean_outputs(sim, tmp_path, log_file)
         assert_no_secrets({"log": log_file.read_bytes(), "db": db_path.read_bytes()}, [wrong])
     assert result.exit_code == 1
     assert result.close_reason == "pmp_auth_failed"
     assert "refused the API key" in result.stats["pmp/exit_message"]
-    assert [r for r in requests if r.kind == "token"] == []
-    assert {r.auth for r in requests if r.kind == "page"} == {"invalid"}
+    assert [r for r in result.requests if r.kind == "token"] == []
+    assert {r.auth for r in result.requests if r.kind == "page"} == {"invalid"}
     assert db_rows(db_path, "SELECT COUNT(*) FROM patch_system_mapping") == [(0,)]

@@ -6,33 +6,29 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
+from conftest import project_settings
 from scrapy.settings import Settings
 
 from pmp_scrapy.config import apply_environment, apply_spider_arguments, derive_accounts_url, load_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
 from pmp_scrapy.errors import ConfigError
-from pmp_scrapy.zoho import token_lifetime
 from pmp_scrapy.middlewares.backoff import backoff_delay, parse_retry_after, retry_wait
 from pmp_scrapy.plan import Watermark
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
-from pmp_scrapy.storage import Batch
-from pmp_scrapy.storage import ordered_unique
+from pmp_scrapy.storage import Batch, ordered_unique
+from pmp_scrapy.zoho import token_lifetime
 
 BASE = {"PMP_BASE_URL": "https://patch.manageengine.com.au"}
 
 
 def config(**values: object):
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings")
-    for name, value in {**BASE, **values}.items():
-        settings.set(name, value, priority="cmdline")
-    return load_config(settings)
+    return load_config(project_settings(**{**BASE, **values}))
 
 
 @pytest.mark.parametrize(("name", "value", "message"), [
@@ -51,10 +47,8 @@ def test_bad_settings_are_named(name: str, value: str, message: str) -> None:
 
 
 def test_base_url_required_outside_demo() -> None:
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings")
     with pytest.raises(ConfigError, match="PMP_BASE_URL is required"):
-        load_config(settings)
+        load_config(project_settings())
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -63,9 +57,7 @@ def test_defaults_follow_the_contract() -> None:
     assert cfg.coverage_target == 0.95 and cfg.token_refresh_ratio == 0.8 and cfg.token_default_ttl == 56
     assert (cfg.max_attempts, cfg.backoff_base, cfg.max_retry_after) == (3, 1.0, 300)
     # DOWNLOAD_DELAY is Scrapy's own setting; PMPConfig no longer copies it (nothing read the copy).
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings")
-    assert settings.getfloat("DOWNLOAD_DELAY") == 0.25
+    assert project_settings().getfloat("DOWNLOAD_DELAY") == 0.25
     assert cfg.database_url.endswith("/.maia/databases/intelligence/pmp_config.db")
     assert cfg.token_url == "https://accounts.zoho.com.au/oauth/v2/token"
 
@@ -85,9 +77,7 @@ def test_accounts_server_follows_the_data_centre(base: str, accounts: str | None
 
 
 def test_environment_loses_to_command_line_and_beats_settings_py() -> None:
-    settings = Settings()
-    settings.setmodule("pmp_scrapy.settings", priority="project")
-    settings.set("PMP_BATCH_PAGES", 7, priority="cmdline")
+    settings = project_settings(PMP_BATCH_PAGES=7)
     apply_environment(settings, {"PMP_BATCH_PAGES": "9", "PMP_PAGE_LIMIT": "5", "PMP_CLIENT_SECRET": "s3cr3t"})
     assert settings.getint("PMP_BATCH_PAGES") == 7
     assert settings.getint("PMP_PAGE_LIMIT") == 5
@@ -110,7 +100,7 @@ def test_backoff_doubles() -> None:
 
 
 def test_retry_after_seconds_and_http_date() -> None:
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     assert parse_retry_after(b"2") == 2.0
     assert parse_retry_after(format_datetime(now + timedelta(seconds=30), usegmt=True), now) == 30.0
     assert parse_retry_after("soon") is None

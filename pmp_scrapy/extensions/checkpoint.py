@@ -38,7 +38,7 @@ from pmp_scrapy.plan import PlanDecision, RunPlan, RunState, decide, make_plan
 from pmp_scrapy.run import RunOwner, RunRecord
 from pmp_scrapy.storage import Store
 from pmp_scrapy.storage.engine import database_host, safe_url
-from pmp_scrapy.storage.watchdog import call_within, give_up_after
+from pmp_scrapy.storage.watchdog import call_within
 from pmp_scrapy.storage.locks import LockHeld, TenantLock, acquire_tenant_lock, fingerprint, tenant_key
 from pmp_scrapy.storage.token_mints import claim_mint
 
@@ -217,7 +217,7 @@ class Checkpoints(RunOwner):
         if self._lock is not None:
             # after the last commit: the next run of this tenant may start. Bounded: a PostgreSQL
             # that stopped answering frees the lock itself when the session goes.
-            if not call_within(self._lock.release, give_up_after(self.config.sqlite_busy_timeout)):
+            if not call_within(self._lock.release, max(self.config.sqlite_busy_timeout, 1.0)):
                 logger.warning("the run lock was not released: the database does not answer (it frees the lock "
                                "when the session ends)", extra={"event_type": "run_lock_release_failed"})
             self._lock = None

@@ -101,7 +101,7 @@ def url_without_password(url: str) -> str | None:
     """The database URL with its password removed (not masked: a client can use it with a
     ``.pgpass`` file), or ``None`` when it cannot be read."""
     try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except (ArgumentError, ValueError):
         return None
 

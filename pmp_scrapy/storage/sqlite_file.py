@@ -21,8 +21,21 @@ _PRIVATE = stat.S_IRUSR | stat.S_IWUSR
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def is_sqlite_file(path: Path) -> bool:
+    """Whether ``path`` is an SQLite database file (or an empty file, a new one)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return head in (b"", SQLITE_HEADER)
+
+
 def make_private(path: Path) -> None:
-    """chmod 0600 the SQLite file and its -wal/-shm companions that exist."""
+    """chmod 0600 the SQLite file and its -wal/-shm companions that exist; a file that is not an
+    SQLite database is never touched."""
+    if not is_sqlite_file(path):
+        return
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         try:
             if candidate.exists() and stat.S_IMODE(candidate.stat().st_mode) != _PRIVATE:

@@ -180,6 +180,7 @@ def test_scrapyd_deploy_schedule_and_check_database_and_logs(scrapyd: Scrapyd, t
         pages = [r for r in sim.requests if r.kind == "page"]
         assert {r.customer for r in pages} <= set(jobs), {r.customer for r in pages}
         for customer, job_id in jobs.items():
+            assert {r.customer for r in pages if r.customer == customer} == {customer}, job_log_summary(tmp_path, job_id)
             crawled = {r.page for r in pages if r.customer == customer}
             assert crawled == set(range(1, sim.total_pages(30, customer) + 1)), job_log_summary(tmp_path, job_id)
         expected = {customer: expected_table(sim, customer) for customer in jobs}

@@ -102,9 +102,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_DEMO", False, parse_flag, "demo", env=False),
     Setting("POST_EXTRACTION_HOOK", None, _text, "post_extraction_hook"),
     Setting("PMP_HOOK_TIMEOUT", 300, _positive_seconds, "hook_timeout"),
-    Setting("PMP_SQLITE_BUSY_TIMEOUT", 15, _seconds, "sqlite_busy_timeout"),  # PMP_DB_TIMEOUT's old name
-    Setting("PMP_DB_TIMEOUT", None, lambda name, value: None if value in (None, "") else _positive_seconds(name, value),
-            "db_timeout"),  # every database wait (storage.engine); unset: PMP_SQLITE_BUSY_TIMEOUT
+    Setting("PMP_SQLITE_BUSY_TIMEOUT", 15, _seconds, "sqlite_busy_timeout"),  # PMP_DB_TIMEOUT's old name, its default
+    Setting("PMP_DB_TIMEOUT", None, lambda n, v: _positive_seconds(n, v) if v not in (None, "") else None, "db_timeout"),
     Setting("PMP_PROGRESS", "auto", _one_of("auto", "on", "off"), "progress"),
     Setting("PMP_SLACK_MIN_INTERVAL", 60, _seconds, "slack_min_interval"),
     # Read by the logging add-on alone (before anything else), see load_log_options.
@@ -188,11 +187,10 @@ class PMPConfig:
     slack_min_interval: float
     #: patches per catalog page (/dcapi/threats/patches, at most 1000); 0: no catalog sweep
     catalog_page_limit: int = 1000
-    #: PMP_DB_TIMEOUT; when set it is also ``sqlite_busy_timeout``, the one database timeout
-    db_timeout: float | None = None
+    db_timeout: float | None = None  # PMP_DB_TIMEOUT; when set, also sqlite_busy_timeout (one timeout)
 
-    def __post_init__(self) -> None:
-        if self.db_timeout is not None:  # PMP_DB_TIMEOUT wins over its old name
+    def __post_init__(self) -> None:  # PMP_DB_TIMEOUT wins over its old name
+        if self.db_timeout is not None:
             object.__setattr__(self, "sqlite_busy_timeout", self.db_timeout)
 
     @property

@@ -450,20 +450,20 @@ def test_a_read_only_directory_says_it_must_be_writable(read_only_directory: Pat
 
 
 WRONG_SHAPES = {
-    "missing column": ("CREATE TABLE patch_system_mapping (mapping_id INTEGER PRIMARY KEY, resource_id TEXT NOT NULL, "
-                       "patch_id TEXT NOT NULL, patchname TEXT, severity TEXT, bulletinid TEXT, vendor_name TEXT, "
-                       "installed_time TEXT, created_at TIMESTAMP, UNIQUE (resource_id, patch_id))",
+    "missing column": (("CREATE TABLE patch_system_mapping (mapping_id INTEGER PRIMARY KEY, resource_id TEXT NOT NULL, "
+                        "patch_id TEXT NOT NULL, patchname TEXT, severity TEXT, bulletinid TEXT, vendor_name TEXT, "
+                        "installed_time TEXT, created_at TIMESTAMP, UNIQUE (resource_id, patch_id))"),
                        "table patch_system_mapping has no column patch_status"),
     "NOT NULL column it leaves empty": (
-        "CREATE TABLE dcapi_runs (run_id INTEGER PRIMARY KEY, customer TEXT NOT NULL DEFAULT '', snapshot_id INTEGER, "
-        "started_at TIMESTAMP, finished_at TIMESTAMP, close_reason TEXT, exit_code INTEGER, pages_committed INTEGER, "
-        "gaps_opened INTEGER, gaps_resolved INTEGER, mappings_upserted INTEGER, systems_with_mappings INTEGER, "
-        "coverage_pct REAL, message TEXT, operator TEXT NOT NULL)",
+        ("CREATE TABLE dcapi_runs (run_id INTEGER PRIMARY KEY, customer TEXT NOT NULL DEFAULT '', snapshot_id INTEGER, "
+         "started_at TIMESTAMP, finished_at TIMESTAMP, close_reason TEXT, exit_code INTEGER, pages_committed INTEGER, "
+         "gaps_opened INTEGER, gaps_resolved INTEGER, mappings_upserted INTEGER, systems_with_mappings INTEGER, "
+         "coverage_pct REAL, message TEXT, operator TEXT NOT NULL)"),
         "table dcapi_runs: column operator is NOT NULL without a default, and the extractor does not write it"),
     "no unique key for the upsert": (
-        "CREATE TABLE dcapi_extraction_checkpoints (checkpoint_id INTEGER PRIMARY KEY, snapshot_id INTEGER NOT NULL, "
-        "last_page INTEGER NOT NULL, systems_extracted INTEGER NOT NULL, patches_extracted INTEGER NOT NULL, "
-        "coverage_pct REAL NOT NULL, created_at TIMESTAMP, updated_at TIMESTAMP)",
+        ("CREATE TABLE dcapi_extraction_checkpoints (checkpoint_id INTEGER PRIMARY KEY, snapshot_id INTEGER NOT NULL, "
+         "last_page INTEGER NOT NULL, systems_extracted INTEGER NOT NULL, patches_extracted INTEGER NOT NULL, "
+         "coverage_pct REAL NOT NULL, created_at TIMESTAMP, updated_at TIMESTAMP)"),
         "table dcapi_extraction_checkpoints has no unique key on (snapshot_id), which the extractor's upserts need"),
 }
 

@@ -101,8 +101,8 @@ def assert_interrupted_and_recorded(db_path: Path, sim: Simulator, err: str, cod
     recorded as interrupted."""
     assert code == 2, err[-3000:]
     lines = [line for line in err.splitlines() if line.startswith("pmp_scrapy:")]
-    assert lines == ["pmp_scrapy: exit 2: the run was interrupted (shutdown); the next run resumes from the "
-                     "checkpoint"], err[-3000:]
+    assert lines == [("pmp_scrapy: exit 2: the run was interrupted (shutdown); the next run resumes from the "
+                      "checkpoint")], err[-3000:]
     assert "Traceback" not in err
     wanted = systems_of(sim, committed)
     stored = mapping_table(db_path)

@@ -110,11 +110,12 @@ def resolve(selection: CustomerSelection, listed: Sequence[str]) -> list[str]:
     if not unknown:
         return list(selection.names)
     folded = {name.casefold(): name for name in listed}
-    hints = [f"{name!r} is {folded[name.casefold()]!r}" for name in unknown if name.casefold() in folded]
-    message = (f"customer: {_listed(unknown)} {'is' if len(unknown) == 1 else 'are'} not a customer of this "
-               f"PMP server (it lists {_listed(listed)}; names are exact and case-sensitive)")
+    hints = [f"{folded[name.casefold()]!r} for {name!r}" for name in unknown if name.casefold() in folded]
+    what = "is not a customer" if len(unknown) == 1 else "are not customers"
+    message = (f"customer: {_listed(unknown)} {what} of this PMP server (it lists {_listed(listed)}; "
+               "names are exact and case-sensitive)")
     if hints:
-        message += f"; did you mean: {', '.join(hints)}?"
+        message += f"; did you mean {', '.join(hints)}?"
     raise ConfigError(one_line(message, limit=600))
 
 

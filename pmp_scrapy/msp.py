@@ -37,7 +37,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import scrapy
 from scrapy import signals
@@ -46,7 +46,14 @@ from twisted.internet.defer import Deferred
 
 from pmp_scrapy.config import apply_spider_arguments, get_config, read
 from pmp_scrapy.credentials import resolve_secret
-from pmp_scrapy.customers import CustomerListError, CustomerResult, CustomerSelection, not_swept, read_customer_list, resolve
+from pmp_scrapy.customers import (
+    CustomerListError,
+    CustomerResult,
+    CustomerSelection,
+    not_swept,
+    read_customer_list,
+    resolve,
+)
 from pmp_scrapy.errors import ConfigError, StorageError
 from pmp_scrapy.middlewares.auth import SharedToken, share_token
 from pmp_scrapy.outcome import FATAL_REASONS, SKIPPED_REASON, TARGET_MET_REASON
@@ -60,6 +67,7 @@ if TYPE_CHECKING:
 
     from scrapy.crawler import Crawler, CrawlerProcessBase
     from scrapy.http import Response
+    from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,12 @@ CUSTOMERS_PATH = "/api/1.4/desktop/customers"
 #: Close reasons after which the next customer is swept (a run that ended by itself).
 CONTINUE_REASONS = frozenset({"finished", TARGET_MET_REASON, SKIPPED_REASON})
 _SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s is not None)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
 
 
 @dataclass
@@ -86,13 +100,20 @@ class CustomerListSpider(scrapy.Spider):
     ``SPIDER_MODULES``: only a :class:`CustomerSweep` runs it."""
 
     name = "pmp_customer_list"
-    custom_settings = {
-        "EXTENSIONS": {"pmp_scrapy.extensions.checkpoint.Checkpoints": None,
-                       "pmp_scrapy.extensions.hook.PostExtractionHook": None,
-                       "pmp_scrapy.extensions.slack.SlackNotifier": None,
-                       "pmp_scrapy.extensions.progress.ProgressBar": None},
-        "ITEM_PIPELINES": {"pmp_scrapy.pipelines.MappingPipeline": None},
+    #: Off for the discovery: it sweeps nothing, records no run, tells no one.
+    OFF: ClassVar[dict[str, tuple[str, ...]]] = {
+        "EXTENSIONS": ("pmp_scrapy.extensions.checkpoint.Checkpoints", "pmp_scrapy.extensions.hook.PostExtractionHook",
+                       "pmp_scrapy.extensions.slack.SlackNotifier", "pmp_scrapy.extensions.progress.ProgressBar"),
+        "ITEM_PIPELINES": ("pmp_scrapy.pipelines.MappingPipeline",),
     }
+
+    @classmethod
+    def update_settings(cls, settings: BaseSettings) -> None:
+        # Merged into the project's component dicts (custom_settings would replace them, and with
+        # them the pacer and the prompt stop).
+        super().update_settings(settings)
+        for name, components in cls.OFF.items():
+            settings.set(name, {**settings.getdict(name), **dict.fromkeys(components)}, priority="spider")
 
     def __init__(self, sweep: CustomerSweep, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -162,10 +183,8 @@ class CustomerSweep:
     # --- running ---------------------------------------------------------------------------------
     def run(self) -> None:
         """Run the sweep on the process's reactor; returns when it is over (or stopped)."""
-        from twisted.internet import reactor
-
         self._task = asyncio.get_event_loop().create_task(self._sweep())
-        reactor.addSystemEventTrigger("before", "shutdown", self._reactor_stopping)  # type: ignore[attr-defined]
+        _reactor().addSystemEventTrigger("before", "shutdown", self._reactor_stopping)
         self.process.start(stop_after_crawl=False)  # _sweep stops the reactor when done
         self.shared.forget()
 
@@ -182,7 +201,9 @@ class CustomerSweep:
     async def _sweep(self) -> None:
         self._handlers = {s: signal.getsignal(s) for s in _SIGNALS}
         try:
-            await self._crawl(self.process.create_crawler(CustomerListSpider), sweep=self, **self.arguments)
+            discovery = self.process.create_crawler(CustomerListSpider)
+            share_token(discovery, self.shared)
+            await self._crawl(discovery, sweep=self, **self.arguments)
             if self.discovery.names is None:
                 return
             try:
@@ -200,14 +221,12 @@ class CustomerSweep:
                 await self._crawl(crawler, customer=name, **self.arguments)
                 if not self._go_on(name, crawler):
                     return
-        except Exception as exc:  # noqa: BLE001 - a bug here must still stop the reactor, and say why
+        except Exception as exc:  # a bug here must still stop the reactor, and say why
             logger.exception("the customer sweep failed", extra={"event_type": "customer_sweep_failed"})
             self.failure = f"the customer sweep failed: {type(exc).__name__}: {exc}"
         finally:
-            from twisted.internet import reactor
-
             with contextlib.suppress(RuntimeError):  # already stopping
-                reactor.stop()  # type: ignore[attr-defined]
+                _reactor().stop()
 
     async def _crawl(self, crawler: Crawler, **arguments: Any) -> None:
         """One crawl, to its end; a crawl that cannot start is logged (its customer then has no

@@ -4,7 +4,13 @@ Off a terminal (cron, scrapyd) the crawl command prints its one machine-friendly
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from pmp_scrapy.coverage import format_pct
+
+if TYPE_CHECKING:
+    from pmp_scrapy.customers import CustomerResult
 
 OUTCOMES = {0: "done", 1: "fatal", 2: "partial"}
 WIDTH = 80
@@ -27,6 +33,14 @@ def _wrap(label: str, text: str) -> list[str]:
     return [_fit(line) for line in lines]
 
 
+def _next_lines(exit_code: int, status_command: str) -> list[str]:
+    if exit_code == 0:
+        return _wrap("next", status_command)
+    if exit_code == 2:
+        return _wrap("next", f"{status_command}   (which pages, and why)")
+    return _wrap("next", "fix the cause above, then run the same command again")
+
+
 def terminal_summary(*, exit_code: int, message: str, pages_committed: int, gaps_opened: int,
                      gaps_resolved: int, mappings: int, coverage: int, total: int | None, target_met: bool,
                      database: str, status_command: str) -> str:
@@ -43,10 +57,33 @@ def terminal_summary(*, exit_code: int, message: str, pages_committed: int, gaps
     if exit_code != 0:
         lines += _wrap("result", message)
     lines += _wrap("data", database)
-    if exit_code == 0:
-        lines += _wrap("next", status_command)
-    elif exit_code == 2:
-        lines += _wrap("next", f"{status_command}   (which pages, and why)")
+    lines += _next_lines(exit_code, status_command)
+    return "\n".join(lines)
+
+
+def _customer_line(result: CustomerResult) -> str:
+    outcome = f"exit {result.exit_code} ({OUTCOMES.get(result.exit_code, '?')})"
+    if not result.swept:
+        return f"{outcome}: {result.message}"
+    gaps = f"{result.gaps_opened} new gap(s)" + (f", {result.gaps_resolved} healed" if result.gaps_resolved else "")
+    if result.total:
+        coverage = f"{result.coverage:,} of {result.total:,} systems ({format_pct(result.coverage, result.total)})"
     else:
-        lines += _wrap("next", "fix the cause above, then run the same command again")
+        coverage = f"{result.coverage:,} systems"
+    text = f"{outcome}: {result.pages_committed:,} pages, {gaps}, {result.mappings:,} mappings, {coverage}"
+    return text + (f"; {result.message}" if result.exit_code != 0 else "")
+
+
+def customers_summary(*, exit_code: int, message: str, results: Sequence[CustomerResult], database: str,
+                      status_command: str) -> str:
+    """The summary block of a job that swept several MSP customers: the job's result, one
+    entry per customer (its name, then how it ended), where the data is and what to run next."""
+    lines = [f"pmp_scrapy: exit {exit_code} ({OUTCOMES.get(exit_code, '?')})", *_wrap("customers", message)]
+    for result in results:
+        label = result.customer if len(result.customer) <= 10 else ""
+        if not label:
+            lines.append(_fit(f"  {result.customer}"))
+        lines += _wrap(label, _customer_line(result))
+    lines += _wrap("data", database)
+    lines += _next_lines(exit_code, status_command)
     return "\n".join(lines)

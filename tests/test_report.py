@@ -25,7 +25,7 @@ import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from conftest import crawl_settings, oauth_env, run_crawl, scrapy_command
-from test_storage import PG_ADMIN_URL, _admin, postgres_unreachable
+from test_storage import PG_ADMIN_URL, _admin, database_url, postgres_unreachable, postgres_url  # noqa: F401 (fixtures)
 
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
 
@@ -386,6 +386,40 @@ def test_views_give_the_report_numbers(crawled: Crawled) -> None:
     assert worst[0]["missing_critical"] == summary["worst_systems"][0]["missing_critical"]
 
 
+def test_views_are_created_once_and_replaced_when_their_definition_changes(database_url: str) -> None:  # noqa: F811
+    from pmp_scrapy.storage.engine import open_engine
+    from pmp_scrapy.storage.views import VIEWS, create_views
+
+    def views(conn: sa.Connection) -> set[str]:
+        return {name for name in sa.inspect(conn).get_view_names() if name.startswith("dcapi_v_")}
+
+    engine = open_engine(database_url)  # as a crawl opens it: tables, then views
+    try:
+        with engine.begin() as conn:
+            assert views(conn) == {view.name for view in VIEWS}
+            assert create_views(conn) == []  # a second job opening the database changes nothing
+            # An older version's definition (a column fewer) is replaced, and so are the views
+            # reading it.
+            conn.execute(sa.text("DROP VIEW dcapi_v_customers"))
+            conn.execute(sa.text("CREATE VIEW dcapi_v_customers AS SELECT DISTINCT customer FROM dcapi_systems"))
+            assert create_views(conn) == ["dcapi_v_customers"]
+            assert "coverage_pct" in {c["name"] for c in sa.inspect(conn).get_columns("dcapi_v_customers")}
+            if conn.dialect.name == "postgresql":
+                # A user's view on ours: CREATE OR REPLACE keeps it when only the definition changed.
+                conn.execute(sa.text("CREATE VIEW grafana_missing AS SELECT customer, resource_id FROM dcapi_v_missing"))
+                conn.execute(sa.text("COMMENT ON VIEW dcapi_v_missing IS 'an older version'"))
+                assert create_views(conn) == ["dcapi_v_missing"]
+                assert "grafana_missing" in sa.inspect(conn).get_view_names()
+    finally:
+        engine.dispose()
+    engine = open_engine(database_url)  # and the next open finds them current
+    try:
+        with engine.begin() as conn:
+            assert create_views(conn) == []
+    finally:
+        engine.dispose()
+
+
 # --- codes, ages and SLA ---------------------------------------------------------------------------------
 
 def test_codes_are_shown_as_names_and_stored_as_sent(crawled: Crawled, scratch: Crawled) -> None:
@@ -446,7 +480,7 @@ UNKNOWN = [
 def test_unknown_subject_is_one_line_and_exit_1(crawled: Crawled) -> None:
     if crawled.kind != "sqlite":
         pytest.skip("the same code path on every database")
-    calls = [lambda o=option, v=value: crawled.report(o, v) for option, value, _ in UNKNOWN]
+    calls: list[Any] = [lambda o=option, v=value: crawled.report(o, v) for option, value, _ in UNKNOWN]
     calls.append(lambda: crawled.report("--system", "NO-SUCH-HOST", "--format", "json"))
     *results, machine = side_by_side(calls)
     for (_option, _value, message), result in zip(UNKNOWN, results, strict=True):

@@ -138,6 +138,10 @@ def _summary(answer: dict[str, Any], limit: int) -> list[str]:
                 if answer.get("managed_total") else ""),
              (f"            {answer['systems_missing_any']:,} missing at least one patch, "
              f"{answer['systems_fully_patched']:,} fully patched")]
+    others = [name for name in answer.get("customers", []) if name != answer["customer"]]
+    if not answer["systems"] and others:
+        lines.append(f"  customers in this database: {', '.join(repr(n) if n else '(default)' for n in others)} "
+                     "(--customer NAME)")
     if answer.get("severity_filter"):
         lines.append(f"  severity: {', '.join(answer['severity_filter'])} only")
     sla = answer["sla"]["by_severity"]

@@ -145,12 +145,6 @@ def test_accounts_url_is_required_for_a_host_outside_the_zoho_data_centres(monke
 
 # --- three refused tokens stop the run; no fourth token ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug (pmp_scrapy/middlewares/auth.py, TokenMiddleware.process_response): a 2xx of a token that "
-    "already had a 401 resets the consecutive-401 count when it is processed after that 401, and the "
-    "per-page count can stop the run on a later 401 of a token whose successor is already being minted; "
-    "tests/test_tokens.py::test_three_401s_with_fresh_tokens_stop_the_run_and_keep_what_was_committed "
-    "fails the same way when the crawl's responses come back in this order"))
 @deferred_f_from_coro_f
 async def test_the_third_refused_token_stops_the_run_whatever_order_the_answers_come_in(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,13 +62,13 @@ async def test_token_revoked_mid_run_costs_one_refresh_and_no_gap(
 @pytest_twisted.ensureDeferred
 async def test_20s_token_over_a_slow_sweep_is_refreshed_before_it_expires(
         tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
-    """Spec scenario 2 at the spec's own scale: a 20 s token, the default 0.25 s delay with
-    AutoThrottle on, and a sweep of ~22 s. Refreshes come at 0.8 × 20 = 16 s; the server never
+    """Spec scenario 2 at the spec's own scale: a 20 s token, the default 0.25 s delay (paced by
+    the Pacer, which replaced AutoThrottle: issue 15), and a sweep of ~22 s. Refreshes come at 0.8 × 20 = 16 s; the server never
     sees an expired token. (The token middleware adds the expected download-slot wait to a token's
     age, so a request stamped just before 16 s does not leave after 20 s.)"""
     scenario = Scenario(dataset=DatasetSpec(managed_systems=880, no_patch_share=0.0), token_ttl=20)
     with Simulator(scenario=scenario) as sim:
-        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_DELAY=0.25, AUTOTHROTTLE_ENABLED=True,
+        result = await crawl_against(sim, LOG_FILE=log_file, DOWNLOAD_DELAY=0.25,
                                      PMP_PAGE_LIMIT=10)
         expected = expected_table(sim)
         assert_clean_outputs(sim, tmp_path, log_file)
@@ -188,9 +188,11 @@ def token_times(sim: Simulator) -> list[float]:
      "too many tokens"),
 ])
 @pytest_twisted.ensureDeferred
-async def test_token_endpoint_refusal_three_tries_with_backoff_then_exit_1(
+async def test_token_endpoint_refusal_that_no_retry_can_fix_stops_at_once_exit_1(
         tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst,
         kind: str, cause: str, fragment: str, not_fragment: str) -> None:
+    """Issue 14: wrong credentials and Zoho's Access Denied (its 10-minute budget spent) cannot
+    succeed seconds later, so the run stops on the first answer (was: three tries)."""
     scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind=kind)])
     with Simulator(scenario=scenario) as sim:
         result = await crawl_against(sim, LOG_FILE=log_file, PMP_BACKOFF_BASE=0.3)
@@ -203,18 +205,36 @@ async def test_token_endpoint_refusal_three_tries_with_backoff_then_exit_1(
     message = result.stats["pmp/exit_message"]
     assert fragment in message and not_fragment not in message
     assert pages == []
-    assert len(times) == 3
-    assert times[1] - times[0] >= 0.3 and times[2] - times[1] >= 0.6  # base, 2 x base
+    assert len(times) == 1
     failed = [r for r in refreshes(log_file) if r["success"] is False]
-    assert [r.get("attempt") for r in failed] == [1, 2, 3, None]
+    assert [r.get("attempt") for r in failed] == [1, None]
     assert {r["cause"] for r in failed} == {cause}
     assert failed[-1]["level"] == "ERROR"
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_unreachable_token_endpoint_is_tried_three_times_with_backoff(
+        tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
+    """What may pass (the accounts server answering 503) is still tried three times, base and
+    2 x base apart (the assertions of the former three-tries test, on a transient cause)."""
+    scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind="http_503")])
+    with Simulator(scenario=scenario) as sim:
+        result = await crawl_against(sim, LOG_FILE=log_file, PMP_BACKOFF_BASE=0.3)
+        times = token_times(sim)
+        assert_clean_outputs(sim, tmp_path, log_file)
+    assert result.exit_code == 1 and result.close_reason == "pmp_token_refresh_failed"
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.3 and times[2] - times[1] >= 0.6  # base, 2 x base
+    failed = [r for r in refreshes(log_file) if r["success"] is False]
+    assert [r.get("attempt") for r in failed] == [1, 2, 3, None]
+    assert {r["cause"] for r in failed} == {"unreachable"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_token_endpoint_recovers_on_the_third_try(
         tmp_path: Path, db_path: Path, log_file: Path, crawl_against: CrawlAgainst) -> None:
-    scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind="access_denied", attempts=(1, 2))])
+    # A transient failure (issue 14: Access Denied now stops at once, so the recovery is from 503s)
+    scenario = Scenario(dataset=TEN_PAGES, token_faults=[Fault(kind="http_503", attempts=(1, 2))])
     with Simulator(scenario=scenario) as sim:
         result = await crawl_against(sim, LOG_FILE=log_file)
         expected = expected_table(sim)
@@ -230,7 +250,7 @@ def test_token_throttled_exit_line_says_throttled(db_path: Path) -> None:
     with Simulator(scenario=scenario) as sim:
         result = scrapy_command(["crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"],
                                 env=crawl_env(sim, db_path), timeout=120)
-        assert len(token_times(sim)) == 3
+        assert len(token_times(sim)) == 1  # Access Denied cannot pass seconds later: one try (issue 14)
         secrets = [DEMO_CREDENTIALS["client_secret"], DEMO_CREDENTIALS["refresh_token"]]
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr

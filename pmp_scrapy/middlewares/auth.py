@@ -156,15 +156,17 @@ class TokenMiddleware:
     def process_response(self, request: Request, response: Response) -> Request | Response:
         if request.meta.get(SIDE_REQUEST):
             return response
+        generation = request.meta.get("pmp_token_generation")
         if response.status != 401:
-            if 200 <= response.status < 300 and request.meta.get("pmp_token_generation") == self._generation:
+            # Only a token PMP never refused proves the credentials: answers of concurrent requests
+            # come back out of order, and a late 2xx of a refused token says nothing new.
+            if (200 <= response.status < 300 and generation == self._generation
+                    and generation not in self._failed_generations):
                 self._consecutive_401 = 0
             return response
         self.crawler.stats.inc_value("pmp/unauthorized")
         if self._stopped:
             raise IgnoreRequest("the run is stopping: authentication failed")
-        generation = request.meta.get("pmp_token_generation")
-        page_401s = int(request.meta.get("pmp_401_count", 0))
         if generation != self._generation:
             pass  # a newer token exists already: retry with it, this says nothing about the credentials
         elif self._expired():
@@ -172,15 +174,13 @@ class TokenMiddleware:
             # an expiry, not a refusal. Refresh and retry without counting it.
             self._stale_reason = "unauthorized"
         else:
-            page_401s += 1
-            if generation not in self._failed_generations:
+            if generation not in self._failed_generations:  # each fresh token counts once
                 self._failed_generations.add(generation)
                 self._consecutive_401 += 1
-            if self._consecutive_401 >= MAX_CONSECUTIVE_401 or page_401s >= MAX_CONSECUTIVE_401:
+            if self._consecutive_401 >= MAX_CONSECUTIVE_401:
                 self._give_up_on_401(request)
             self._stale_reason = "unauthorized"
         retry = request.copy()
-        retry.meta["pmp_401_count"] = page_401s
         retry.dont_filter = True
         return retry  # same page, at once, same attempt count
 

@@ -451,6 +451,7 @@ def test_sla_breaches_come_from_missing_since(scratch: Crawled) -> None:
     assert answer["sla"]["systems_past_sla"] == 1
     assert all(39.9 < b["days_missing"] < 40.1 for b in answer["sla_breaches"])
     assert {m["patch_id"] for m in system["missing"] if m["past_sla"]} == {pid for _, pid in breaching}
+    assert system["past_sla_count"] == len(breaching)
     assert stricter["sla_days"]["Critical"] == 60 and stricter["sla_days"]["Important"] == 10
     assert {b["severity"] for b in stricter["sla_breaches"]} == {"Important"}
 

@@ -106,20 +106,20 @@ def system(reader: Reader, scope: Scope, key: str) -> dict[str, Any]:
     shown = rows[:scope.limit]
     cves = _cves_of(reader, scope.customer, [row["patch_id"] for row in shown])
     missing = []
-    for row in shown:
+    for row in rows:
         days, sla = _one_decimal(row["days_missing"]), scope.sla_days.get(row["severity_name"])
         missing.append({"patch_id": row["patch_id"], "patchname": row["patchname"],
                         "severity": row["severity_name"], "bulletinid": row["bulletinid"],
-                        "vendor_name": row["vendor_name"], "cves": cves[row["patch_id"]],
+                        "vendor_name": row["vendor_name"], "cves": cves.get(row["patch_id"], []),
                         "missing_since": iso(row["missing_since"]), "days_missing": days, "sla_days": sla,
                         "past_sla": sla is not None and days is not None and days > sla})
     installed, missing_count = int(counts["installed"]), int(counts["missing"])
     return {"customer": scope.customer, "resource_id": rid, "resource_name": name,
             "severity_filter": list(scope.severities) if scope.severities else None,
-            "patches": int(counts["patches"]), "installed_count": installed, "missing_count": missing_count,
+            "patch_count": int(counts["patches"]), "installed_count": installed, "missing_count": missing_count,
             "other_count": int(counts["patches"]) - installed - missing_count,
-            "past_sla_count": sum(1 for entry in missing if entry["past_sla"]) if len(shown) == len(rows) else None,
-            "missing": missing}
+            "past_sla_count": sum(1 for entry in missing if entry["past_sla"]),
+            "missing": missing[:scope.limit]}
 
 
 # --- --patch ---------------------------------------------------------------------------------------------

@@ -22,14 +22,14 @@ from pmp_scrapy.config import get_config
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.extensions.checkpoint import Checkpoints
 from pmp_scrapy.items import CatalogGap, CatalogPage, CatalogUnavailable, InventoryTotal, PageGap, PatchPage
+from pmp_scrapy.pipeline_reports import record_catalog, report_reconciliation
 from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, CheckpointResult
-from pmp_scrapy.storage.batch import Reconciliation
 from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy.crawler import Crawler
 
@@ -159,46 +159,8 @@ class MappingPipeline:
                 self._failed = True
                 stop_run(self.crawler, "pmp_database_error", str(exc))
                 return item
-        self._record_catalog(item, result)
+        record_catalog(self.run, self.stats, self.plan, item, result)
         return item
-
-    def _record_catalog(self, item: CatalogPage | CatalogGap | CatalogUnavailable, result: Any) -> None:
-        """What a catalog commit changed, in the run record (gaps count as a page's would) and stats."""
-        run, stats = self.run, self.stats
-        if isinstance(item, CatalogUnavailable):
-            stats.set_value("pmp/catalog/state", "unavailable")
-            return
-        if -item.page in self.plan.retry_pages:
-            run.pages_settled += 1
-        if isinstance(item, CatalogGap):
-            run.gaps_settled += 1
-            run.gaps_opened += 1
-        else:
-            stats.inc_value("pmp/catalog/patches", result.patches)
-            stats.inc_value("pmp/catalog/cves", result.cves)
-            if item.rows.skipped:
-                stats.inc_value("pmp/catalog/skipped_patches", item.rows.skipped)
-        if result.healed:
-            run.gaps_resolved += 1
-            logger.info("gap on catalog page %d healed", item.page,
-                        extra={"event_type": "gap_resolved", "page": -item.page, "endpoint": "catalog"})
-        stats.set_value("pmp/gaps_recorded", run.gaps_opened)
-        stats.set_value("pmp/gaps_healed", run.gaps_resolved)
-        if item.end is None:
-            return
-        state = result.state
-        stats.set_value("pmp/catalog/state", state)
-        if result.prune_skipped:
-            logger.warning("catalog complete, but patches it no longer lists were kept: %s", result.prune_skipped,
-                           extra={"event_type": "catalog_prune_skipped", "reason": result.prune_skipped})
-        logger.info(
-            "patch catalog %s: %s", state or "unfinished",
-            {"complete": f"{result.pruned} patch(es) no longer listed were removed",
-             "partial": f"{result.open_gaps} page(s) are gaps; the next run of this snapshot retries them",
-             None: "the page count never came; the next run of this snapshot sweeps the catalog again"}.get(state, ""),
-            extra={"event_type": "catalog_finished", "catalog_state": state, "open_gaps": result.open_gaps,
-                   "pruned": result.pruned},
-        )
 
     async def close_spider(self) -> None:
         """Commit whatever is buffered, so a clean stop loses nothing."""
@@ -266,7 +228,7 @@ class MappingPipeline:
                 if getattr(changes, key):
                     self.stats.inc_value(f"pmp/mappings_{key}", getattr(changes, key))
         if result.reconciliation is not None:
-            self._report_reconciliation(result.reconciliation)
+            report_reconciliation(self.run, self.stats, result.reconciliation)
         for key, value in (("pages_committed", run.pages_committed), ("mappings_upserted", run.mappings_upserted),
                            ("gaps_recorded", run.gaps_opened), ("gaps_healed", run.gaps_resolved),
                            ("checkpoint_page", result.last_page), ("coverage", result.coverage),
@@ -274,20 +236,6 @@ class MappingPipeline:
                            ("patches_extracted", result.patches_extracted),
                            ("snapshot_complete", run.snapshot_complete)):
             self.stats.set_value(f"pmp/{key}", value)
-
-    def _report_reconciliation(self, outcome: Reconciliation) -> None:
-        self.run.reconciliation = outcome
-        if outcome.state == "refused":
-            logger.warning("reconciliation refused: %s", outcome.message,
-                           extra={"event_type": "reconcile_refused", "present_systems": outcome.present_systems})
-            return
-        self.stats.set_value("pmp/retired_systems", outcome.retired_systems)
-        logger.info("snapshot reconciled: %d system(s) no longer reported were retired with %d mapping(s); "
-                    "%d present", outcome.retired_systems, outcome.retired_mappings, outcome.present_systems,
-                    extra={"event_type": "snapshot_reconciled", "summary_line": not outcome.retired_systems,
-                           "retired_systems": outcome.retired_systems,
-                           "retired_mappings": outcome.retired_mappings,
-                           "present_systems": outcome.present_systems})
 
     async def _write(self, fn: Any, *args: Any) -> None:
         try:

@@ -367,10 +367,23 @@ class DcapiPatchesSpider(scrapy.Spider):
         )
 
     def parse_catalog(self, response: Response) -> Iterator[Any]:
-        """Turn a final catalog response into a CatalogPage, a CatalogGap or CatalogUnavailable."""
-        sweep, page, meta = self._catalog, response.meta["pmp_catalog_page"], response.meta
+        """Turn a final catalog response into a CatalogPage, a CatalogGap or CatalogUnavailable:
+        whatever fails while the answer is read (a body that cannot be, our own error) is an
+        ``invalid_payload`` gap for the page, never a traceback; repaired values are counted in
+        ``pmp/values_repaired/<kind>``."""
+        sweep, page = self._catalog, response.meta["pmp_catalog_page"]
         if sweep is None or sweep.stopped:
             return
+        try:  # all the answer makes, made before any of it leaves: a failure is this page's gap alone
+            results = list(self._catalog_answer(response, sweep, page))
+        except Exception as exc:  # noqa: BLE001 - our own failure too: a gap, not a traceback
+            results = list(self._catalog_gap(page, "invalid_payload", f"the catalog page could not be read: "
+                                             f"{type(exc).__name__} ({exc})", response.meta, response.body,
+                                             response.status))
+        yield from results
+
+    def _catalog_answer(self, response: Response, sweep: CatalogSweep, page: int) -> Iterator[Any]:
+        meta = response.meta
         reason = unavailable_reason(response.status, response.body)
         if reason is not None:
             yield from self._catalog_unavailable(reason)
@@ -382,13 +395,15 @@ class DcapiPatchesSpider(scrapy.Spider):
             return
         try:
             envelope = parse_catalog(response.body, self.config.catalog_page_limit)
+            rows = catalog_rows(envelope.entries, page)
         except EndpointUnsupported as exc:
             yield from self._catalog_unavailable(str(exc))
             return
         except PayloadError as exc:
             yield from self._catalog_gap(page, exc.error_type, str(exc), meta, response.body, 200)
             return
-        rows = catalog_rows(envelope.entries, page)
+        for kind, count in rows.repaired.items():
+            self.crawler.stats.inc_value(f"pmp/values_repaired/{kind}", count)
         more = sweep.answered(page, envelope.total_pages, envelope.total_records, rows.entries, rows.skipped)
         self.crawler.stats.inc_value("pmp/catalog/pages")
         yield CatalogPage(snapshot_id=self._snapshot_id(), page=page, total_pages=envelope.total_pages,
@@ -419,6 +434,7 @@ class DcapiPatchesSpider(scrapy.Spider):
         assert sweep is not None
         self.crawler.stats.inc_value(f"pmp/gaps/{error_type}")
         self.crawler.stats.inc_value("pmp/catalog/gaps")
+        message = one_line(scrub(message))  # stored and logged: one line, storable, no secret
         sample = response_sample(body) if body else None
         attempts = self._attempts(meta)
         logger.error(
@@ -442,6 +458,7 @@ class DcapiPatchesSpider(scrapy.Spider):
         if self._catalog_warned:
             return
         self._catalog_warned = True
+        reason = one_line(scrub(reason))
         self.crawler.stats.set_value("pmp/catalog/state", "unavailable")
         logger.warning(
             "the server has no patch catalog (%s from %s): CVE data is unavailable; the patch mappings "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -320,13 +321,22 @@ def as_user(url: str, args: list[str]) -> Callable[[], Any]:
     return run
 
 
-def median_seconds(run: Callable[[], Any], runs: int) -> float:
-    times = []
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (user + system)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def median_seconds(run: Callable[[], Any], runs: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``runs`` runs (CPU: this process and the subprocess; on a
+    busy machine the wall time grows, the CPU time much less; PostgreSQL's own CPU is not in it)."""
+    walls, cpus = [], []
     for _ in range(runs):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - started)
+        cpus.append(_cpu() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 # --- query plans -------------------------------------------------------------------------------------------
@@ -378,11 +388,12 @@ def bench(name: str, url: str, runs: int) -> None:
     print(f"  subjects: {picked}")
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "report.html"
-        print(f"  {'form':<38} {'in process':>11} {'scrapy report':>14}")
+        print(f"  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; median of {runs} runs, wall (CPU)")
+        print(f"  {'form':<38} {'in process':>16} {'scrapy report':>16}")
         for label, args in forms(picked, html):
-            inner = median_seconds(in_process(url, args), runs)
-            outer = median_seconds(as_user(url, args), runs)
-            print(f"  {label:<38} {inner:>9.2f} s {outer:>12.2f} s")
+            inner, inner_cpu = median_seconds(in_process(url, args), runs)
+            outer, outer_cpu = median_seconds(as_user(url, args), runs)
+            print(f"  {label:<38} {inner:>6.2f} s ({inner_cpu:4.2f}) {outer:>6.2f} s ({outer_cpu:4.2f})")
         print(f"  HTML file: {html.stat().st_size / 1024:.0f} KB")
     print("  query plans:")
     print_plans(url, picked)

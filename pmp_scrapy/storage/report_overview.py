@@ -56,44 +56,56 @@ def trend(reader: Reader, customer: str, missing_now: int, *, kept: int = KEPT) 
     return {"points": points, "history": history}
 
 
-def cve_overview(reader: Reader, scope: Scope) -> dict[str, Any]:
-    """The catalog's CVEs for the scope: how many, how many affect a present system, how many
-    have a system missing every fix, and the ``scope.top`` CVEs missing on most systems (each the
-    ``--cve`` answer). ``{"cve_data": "unavailable"}`` without a catalog."""
-    if not reader.has_catalog(scope.customer):
-        return {"cve_data": "unavailable"}
-    cves_of: dict[str, list[str]] = {}
-    fixes: dict[str, int] = {}
-    for row in reader.rows("SELECT cve_id, patch_id FROM dcapi_patch_cves WHERE customer = :customer",
-                           customer=scope.customer):
-        cves_of.setdefault(row["patch_id"], []).append(row["cve_id"])
-        fixes[row["cve_id"]] = fixes.get(row["cve_id"], 0) + 1
-    # Systems missing per CVE in one pass: a count for a CVE one patch fixes, a set of systems
-    # for one that several fix (a system missing two of them is one system).
-    counts: dict[str, int] = {}
-    systems: dict[str, set[str]] = {}
-    where, params = reader.severity_filter(scope)
-    for rid, pid in reader.stream(f"SELECT resource_id, patch_id FROM dcapi_v_missing WHERE customer = :customer{where}",
-                                  "dcapi_v_missing", customer=scope.customer, **params):
-        for cve_id in cves_of.get(pid, ()):
-            if fixes[cve_id] == 1:
-                counts[cve_id] = counts.get(cve_id, 0) + 1
+class CveTally:
+    """Systems missing each CVE of the catalog, tallied pair by pair (:meth:`add`) during the
+    summary's pass: a count for a CVE one patch fixes, a set of systems for one that several fix
+    (a system missing two of them is one system). Reads ``dcapi_patch_cves``."""
+
+    def __init__(self, reader: Reader, customer: str) -> None:
+        self.cves_of: dict[str, list[str]] = {}
+        self.fixes: dict[str, int] = {}
+        for row in reader.rows("SELECT cve_id, patch_id FROM dcapi_patch_cves WHERE customer = :customer",
+                               customer=customer):
+            self.cves_of.setdefault(row["patch_id"], []).append(row["cve_id"])
+            self.fixes[row["cve_id"]] = self.fixes.get(row["cve_id"], 0) + 1
+        self.counts: dict[str, int] = {}
+        self.systems: dict[str, set[str]] = {}
+
+    def add(self, rid: str, pid: str) -> None:
+        for cve_id in self.cves_of.get(pid, ()):
+            if self.fixes[cve_id] == 1:
+                self.counts[cve_id] = self.counts.get(cve_id, 0) + 1
             else:
-                systems.setdefault(cve_id, set()).add(rid)
-    missing = {**counts, **{cve_id: len(found) for cve_id, found in systems.items()}}
+                self.systems.setdefault(cve_id, set()).add(rid)
+
+    def missing(self) -> dict[str, int]:
+        """CVE id -> systems missing a patch that fixes it."""
+        return {**self.counts, **{cve_id: len(found) for cve_id, found in self.systems.items()}}
+
+
+def cve_overview(reader: Reader, scope: Scope, tally: CveTally | None) -> dict[str, Any]:
+    """The catalog's CVEs for the scope: how many, how many affect a present system, how many a
+    system still misses a fix for, and the ``scope.top`` CVEs missing on most systems (each the
+    ``--cve`` answer). ``{"cve_data": "unavailable"}`` without a catalog (``tally`` None)."""
+    if tally is None:
+        return {"cve_data": "unavailable"}
+    where, params = reader.severity_filter(scope)
+    missing = tally.missing()
     [affecting] = reader.rows(
         "SELECT COUNT(DISTINCT c.cve_id) AS n FROM dcapi_patch_cves c WHERE c.customer = :customer AND EXISTS "
         f"(SELECT 1 FROM dcapi_v_mappings v WHERE v.customer = c.customer AND v.patch_id = c.patch_id{where})",
         "dcapi_v_mappings", customer=scope.customer, **params)
     worst = sorted(missing, key=lambda cve_id: (-missing[cve_id], cve_id))[:scope.top]
     top_scope = Scope(customer=scope.customer, severities=scope.severities, limit=0, sla_days=scope.sla_days)
-    return {"cve_data": "available", "cves": len(fixes), "cves_affecting": int(affecting["n"]),
+    return {"cve_data": "available", "cves": len(tally.fixes), "cves_affecting": int(affecting["n"]),
             "cves_missing": len(missing), "cves_covered": int(affecting["n"]) - len(missing),
             "worst": [cve(reader, top_scope, cve_id) for cve_id in worst]}
 
 
 def overview(reader: Reader, scope: Scope) -> dict[str, Any]:
-    """``{"summary", "trend", "cves"}`` of the scope's customer: the HTML report's section."""
-    answer = summary(reader, scope)
+    """``{"summary", "trend", "cves"}`` of the scope's customer: the HTML report's section. One
+    pass over the missing rows serves the summary and the CVE tally."""
+    tally = CveTally(reader, scope.customer) if reader.has_catalog(scope.customer) else None
+    answer = summary(reader, scope, observe=tally.add if tally is not None else None)
     return {"summary": answer, "trend": trend(reader, scope.customer, answer["missing_pairs"]),
-            "cves": cve_overview(reader, scope)}
+            "cves": cve_overview(reader, scope, tally)}

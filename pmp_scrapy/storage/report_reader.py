@@ -158,8 +158,8 @@ class Reader:
 
     def customers(self) -> list[str]:
         """Every customer with systems or snapshots, '' (the default) first."""
-        return [str(row["customer"]) for row in self.rows("SELECT customer FROM dcapi_v_customers ORDER BY customer",
-                                                          "dcapi_v_customers")]
+        return [str(row["customer"]) for row in self.rows(
+            "SELECT customer FROM dcapi_systems UNION SELECT customer FROM dcapi_snapshots ORDER BY customer")]
 
     def has_catalog(self, customer: str) -> bool:
         """Whether the patch catalog (CVE ids) was swept for ``customer``."""

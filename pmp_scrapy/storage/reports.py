@@ -1,12 +1,13 @@
 """The summary answer of ``scrapy report`` (no selector): coverage, freshness, missing patches by
 severity, the worst systems, the most missed patches and the SLA breaches of one customer. The
 other forms live in :mod:`.report_subjects` (``--system``, ``--patch``, ``--bulletin``, ``--cve``)
-and :mod:`.report_trend` (the HTML report's trend and CVE overview); :mod:`.report_reader` opens
+and :mod:`.report_overview` (what the HTML report adds: the trend and the CVE overview); :mod:`.report_reader` opens
 the database. Answers are plain, JSON-ready dicts; :mod:`pmp_scrapy.reporting` shows them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,13 +30,14 @@ def head(reader: Reader, scope: Scope) -> dict[str, Any]:
     :class:`UnknownSubject` for a named customer the database does not know."""
     found = reader.rows("SELECT * FROM dcapi_v_customers WHERE customer = :customer", "dcapi_v_customers",
                         customer=scope.customer)
+    customers = reader.customers()
     if not found and scope.customer:
-        known = [name or "(default)" for name in reader.customers()]
-        raise UnknownSubject(f"no customer {scope.customer!r} in the database (customers: {', '.join(known) or 'none'})")
+        known = ", ".join(name or "(default)" for name in customers) or "none"
+        raise UnknownSubject(f"no customer {scope.customer!r} in the database (customers: {known})")
     row = found[0] if found else {}
     return {
         "customer": scope.customer,
-        "customers": reader.customers(),
+        "customers": customers,
         "systems": int(row.get("systems") or 0),
         "managed_total": row.get("managed_total"),
         "coverage_pct": number(row.get("coverage_pct")),
@@ -73,7 +75,7 @@ class _SystemTally:
     by_severity: dict[str, int] = field(default_factory=dict)
     missing: int = 0
     past_sla: dict[str, int] = field(default_factory=dict)
-    oldest: datetime | None = None
+    oldest: Any = None  # the earliest "missing since", as the driver returned it
 
 
 @dataclass
@@ -90,11 +92,13 @@ def _rank_key(severities: tuple[str, ...]) -> Any:
     return key
 
 
-def summary(reader: Reader, scope: Scope, *, every_system: bool = False) -> dict[str, Any]:
+def summary(reader: Reader, scope: Scope, *, every_system: bool = False,
+            observe: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """The summary answer: coverage, freshness, missing by severity, the worst systems, the most
     missed patches and the SLA breaches of the scope (the contract's keys). With
     ``every_system``, also ``systems_ranked``: every system missing something, worst first (the
-    CSV form's rows; ``scope.limit`` of them when given).
+    CSV form's rows; ``scope.limit`` of them when given). ``observe(resource_id, patch_id)`` is
+    called for every missing pair of the pass, for a caller tallying more from the same rows.
 
     One pass over the customer's missing rows (``dcapi_v_missing``), tallied here: on SQLite each
     of the four aggregates would be a pass of its own over 1.6 million mappings."""
@@ -115,6 +119,8 @@ def summary(reader: Reader, scope: Scope, *, every_system: bool = False) -> dict
             "SELECT resource_id, patch_id, severity, missing_since FROM dcapi_v_missing "
             f"WHERE customer = :customer{where}", "dcapi_v_missing", customer=scope.customer, **params):
         severity = named(raw)
+        if observe is not None:
+            observe(rid, pid)
         tally = systems.get(rid)
         if tally is None:
             tally = systems[rid] = _SystemTally()

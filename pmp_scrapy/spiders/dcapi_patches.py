@@ -372,6 +372,8 @@ class DcapiPatchesSpider(scrapy.Spider):
         ``invalid_payload`` gap for the page, never a traceback; repaired values are counted in
         ``pmp/values_repaired/<kind>``."""
         sweep, page = self._catalog, response.meta["pmp_catalog_page"]
+        if self._refused_customer(response):
+            return
         if sweep is None or sweep.stopped:
             return
         try:  # all the answer makes, made before any of it leaves: a failure is this page's gap alone

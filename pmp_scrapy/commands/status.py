@@ -88,8 +88,8 @@ def summarise(status: CustomerStatus, target: float, total_systems: int | None,
         "dcapi_omits": (status.managed_total - status.dcapi_total
                         if status.managed_total and status.dcapi_total is not None else None),
         "target": {"fraction": target, "denominator": denominator, "systems_needed": needed,
-                   "met": bool(needed) and covered >= (needed or 0),
-                   "above_denominator": bool(denominator) and covered > (denominator or 0)},
+                   "met": bool(needed) and covered >= (needed or 0)},
+        "coverage_above_denominator": bool(denominator) and covered > (denominator or 0),
         "snapshot": status.snapshot,
         "checkpoint": {**checkpoint, "total_pages": snapshot.get("total_pages")} if status.checkpoint else None,
         "gaps": {"open": [vars(g) for g in status.open_gaps], "resolved": [vars(g) for g in status.resolved_gaps]},
@@ -120,7 +120,7 @@ def render(report: dict[str, Any]) -> str:
         if not t["met"] and report["dcapi_omits"]:
             lines.append(f"             DCAPI does not report {report['dcapi_omits']:,} managed systems "
                          "(no patch records), so a sweep cannot cover them")
-        if t.get("above_denominator"):
+        if report.get("coverage_above_denominator"):
             lines.append(f"             WARNING: coverage is above 100% ({covered:,} of {t['denominator']:,}): the "
                          "denominator (PMP_TOTAL_SYSTEMS, else the managed-system count) is too low")
     snap = report["snapshot"]

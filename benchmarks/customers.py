@@ -1,216 +1,114 @@
-"""Benchmark: two MSP customer jobs at once into one database, PostgreSQL and SQLite.
+"""Benchmark: every customer of an MSP server in one job (``-a customer=all``) at real-world latency.
 
-For each database: each customer's job alone (one after the other), then both jobs started
-together (as two scrapyd jobs or two cron lines would). Prints wall time, mappings a second
-and, for SQLite, how busy its single write lock was. The simulator runs in its own process;
-every crawl is a real ``scrapy crawl`` subprocess with ``DOWNLOAD_DELAY=0``.
+Three customers of 3,317 managed systems each (about 3,210 in DCAPI: 107 to 109 pages of 30),
+every PMP answer after ``--latency`` seconds (2.5 by default), the simulator's strict rate
+limiter on (4 a second, HTML throttle page) in its own process; each job is one real ``scrapy
+crawl dcapi_patches`` subprocess at the contract's pace (``DOWNLOAD_DELAY=0.25``): first one
+customer alone (``-a customer=Acme``; skip with ``--no-single``), then ``-a customer=all``.
 
-    python benchmarks/customers.py                      # 2 x 3,317 managed systems (107 DCAPI pages each)
-    python benchmarks/customers.py --systems 1500       # smaller
-    python benchmarks/customers.py --only sqlite        # or: --only postgresql
-    PMP_BENCH_POSTGRES_URL=postgresql+psycopg://user@host/db python benchmarks/customers.py
+Prints per job its wall time (process start to exit) and the server's span (first arrival to
+last answer) against the bound (pages × 0.25 s: what the rate limit allows for the pages alone;
+for ``all``, 3 × the single-customer bound) and against what all its PMP requests (customer
+list, inventory, catalog, retries) need at 4 a second; token requests (one for the job);
+requests the limiter refused (which, and when); peak RSS of the crawl process (``ru_maxrss``);
+per customer its span, rows stored and the pause before it (the previous crawl's last answers,
+then the paced spacing). The machine's load skews every figure: note it beside them.
 
-The PostgreSQL part creates a scratch database (``pmp_bench_<pid>``) next to the one named by
-``PMP_BENCH_POSTGRES_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``) and
-drops it afterwards; it is skipped with the reason when no server answers.
+    python benchmarks/customers.py                     # 3 x 3,317 systems at 2.5 s (~3 minutes)
+    python benchmarks/customers.py --latency 0.3 --systems 1500
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import sqlite3
 import tempfile
-import threading
-import time
-from dataclasses import dataclass
+import urllib.request
+from collections import Counter
 from pathlib import Path
-from typing import Self
+from typing import Any
 
-import sqlalchemy as sa
-from harness import CrawlProcess, simulator_process
-from sqlalchemy.engine import make_url
+from harness import CrawlProcess, simulator_process, tenant_pages
 
 from pmp_scrapy.simulator import DatasetSpec, Scenario
 
-CUSTOMERS = ("acme", "globex")
-PG_ADMIN_URL = os.environ.get("PMP_BENCH_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-SQLITE_NOTE = """\
-SQLite locking, and why the two jobs still both finish with every row:
-  SQLite has one write lock per database file. In WAL mode (set by pmp_scrapy) readers never wait
-  and never block the writer; writers take turns. Every write transaction of pmp_scrapy starts
-  with BEGIN IMMEDIATE, so it takes the write lock up front and, if the other job holds it,
-  waits for it (up to PMP_SQLITE_BUSY_TIMEOUT, 15 s) instead of failing half-way with
-  "database is locked". A job holds the lock while it commits one batch (PMP_CHECKPOINT_EVERY=10
-  pages, ~15k rows: ~0.5 s on an idle core, longer on a busy machine, because the commit runs in
-  a thread that shares the GIL and the CPUs with the crawl's parsing). "write lock busy" is the
-  share of 5 ms probes that found the lock taken: for one job alone it is already high here,
-  so two jobs take turns at committing; they gain over one job after the other only while one
-  downloads and parses as the other commits. No row is lost and nothing fails: the waiting job
-  blocks in BEGIN IMMEDIATE for at most one commit of the other (well under the 15 s timeout).
-  Past the busy timeout a run would stop with exit 1 and one line naming 'database is locked',
-  its checkpoint claiming nothing uncommitted, and the next run resumes.
-  PostgreSQL locks rows, not the database: the customers' rows are disjoint (different
-  resource_ids), so their upserts never wait for each other and the jobs overlap fully; what
-  limits them here is the CPU the two crawls and the simulator share.
-  Several nodes or many customers: use PostgreSQL; SQLite suits one node with a job at a time."""
+CUSTOMERS = ("Acme", "Globex", "Initech")
+LIMIT_DELAY = 0.25  # the contract: at most 4 requests a second
+PMP_KINDS = ("customers", "page", "inventory", "catalog")
 
 
-@dataclass
-class Job:
-    customer: str
-    exit_code: int
-    wall_s: float
-    mappings: int
-
-    def line(self, label: str) -> str:
-        return (f"  {label:<30} {self.customer:<7} exit={self.exit_code} wall={self.wall_s:6.1f}s "
-                f"mappings={self.mappings:>7,} ({self.mappings / self.wall_s if self.wall_s else 0:,.0f}/s)")
+def server_record(url: str) -> tuple[list[dict[str, Any]], int]:
+    """The simulator's own record of the PMP and token requests, and how many it refused for rate."""
+    with urllib.request.urlopen(f"{url}/_sim/requests") as answer:
+        records = json.load(answer)
+    with urllib.request.urlopen(f"{url}/_sim/info") as answer:
+        refused = int(json.load(answer).get("rate_limited", 0))
+    return records, refused
 
 
-def customer_mappings(db_url: str, customer: str) -> int:
-    engine = sa.create_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(
-                "SELECT COUNT(*) FROM patch_system_mapping m JOIN dcapi_systems s ON s.resource_id = m.resource_id "
-                "WHERE s.customer = :c"), {"c": customer}).scalar_one())
-    finally:
-        engine.dispose()
+def rows_by_customer(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT s.customer, COUNT(*) FROM patch_system_mapping m JOIN dcapi_systems s "
+                                 "ON s.resource_id = m.resource_id GROUP BY s.customer").fetchall())
 
 
-def run_jobs(sim_url: str, db_url: str, customers: tuple[str, ...]) -> tuple[list[Job], float]:
-    started = time.monotonic()
-    procs = {c: CrawlProcess(sim_url, db_url, customer=c, DOWNLOAD_DELAY=0, AUTOTHROTTLE_ENABLED=False)
-             for c in customers}
-    jobs = []
-    for customer, proc in procs.items():
-        crawl = proc.wait()
-        if crawl.exit_code != 0:
-            print(f"  ! {customer}: exit {crawl.exit_code}: {crawl.stderr.strip()[-300:]}")
-        jobs.append(Job(customer, crawl.exit_code, crawl.wall_s, customer_mappings(db_url, customer)))
-    return jobs, time.monotonic() - started
+def spans(pmp: list[dict[str, Any]]) -> tuple[float, float]:
+    return min(r["t"] for r in pmp), max(r["answered"] or r["t"] for r in pmp)
 
 
-class LockProbe:
-    """Samples every 5 ms whether SQLite's write lock is taken (BEGIN IMMEDIATE with no wait)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.busy, self.total = path, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self.path.exists() and not self._stop.is_set():
-            time.sleep(0.005)
-        conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
-        while not self._stop.wait(0.005):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("ROLLBACK")
-            except sqlite3.OperationalError:
-                self.busy += 1
-            self.total += 1
-        conn.close()
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def share(self) -> float:
-        return 100.0 * self.busy / self.total if self.total else 0.0
-
-
-def report(title: str, sim_url: str, make_db: callable, sqlite_file: callable | None = None) -> None:
-    print(f"\n{title}")
-    alone = []
-    for customer in CUSTOMERS:
-        db_url = make_db(f"alone_{customer}")
-        if sqlite_file is not None:
-            with LockProbe(sqlite_file(f"alone_{customer}")) as probe:
-                jobs, _ = run_jobs(sim_url, db_url, (customer,))
-            note = f"; write lock busy {probe.share:.0f}%"
-        else:
-            jobs, _ = run_jobs(sim_url, db_url, (customer,))
-            note = ""
-        alone += jobs
-        print(jobs[0].line("one job alone") + note)
-    sequential = sum(j.wall_s for j in alone)
-    rows = sum(j.mappings for j in alone)
-    print(f"  {'both, one after the other':<30} total  wall={sequential:6.1f}s mappings={rows:>7,} "
-          f"({rows / sequential:,.0f}/s)")
-    db_url = make_db("together")
-    if sqlite_file is not None:
-        with LockProbe(sqlite_file("together")) as probe:
-            jobs, wall = run_jobs(sim_url, db_url, CUSTOMERS)
-    else:
-        probe, (jobs, wall) = None, run_jobs(sim_url, db_url, CUSTOMERS)
-    for job in jobs:
-        print(job.line("two jobs at once"))
-    together = sum(j.mappings for j in jobs)
-    ok = all(j.exit_code == 0 for j in jobs) and together == rows
-    print(f"  {'two jobs at once':<30} total  wall={wall:6.1f}s mappings={together:>7,} ({together / wall:,.0f}/s); "
-          f"{sequential / wall:.2f}x the sequential rate; rows {'complete' if ok else 'MISSING OR FAILED'}")
-    if probe is not None:
-        print(f"  {'':<30} write lock busy {probe.share:.0f}% of the run ({probe.busy} of {probe.total} probes)")
+def run(scenario: Scenario, customer: str, label: str, bound: float) -> None:
+    """One ``-a customer=...`` job into a fresh database against a fresh simulator; prints its figures."""
+    with tempfile.TemporaryDirectory() as tmp, simulator_process(scenario) as url:
+        db = Path(tmp) / "bench.db"
+        crawl = CrawlProcess(url, f"sqlite:///{db}", customer=customer, DOWNLOAD_DELAY=LIMIT_DELAY).wait()
+        records, refused = server_record(url)
+        stored = rows_by_customer(db)
+    pmp = [r for r in records if r["kind"] in PMP_KINDS]
+    first, last = spans(pmp)
+    span, every = last - first, len(pmp) * LIMIT_DELAY
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(Counter(r["kind"] for r in pmp).items()))
+    print(f"{label:<10} exit={crawl.exit_code} wall={crawl.wall_s:6.1f}s ({crawl.wall_s / bound:.2f}x the bound "
+          f"{bound:.1f}s); server span={span:6.1f}s ({span / bound:.2f}x)", flush=True)
+    print(f"{'':<10} requests: {kinds}; at 4 a second they need {every:.1f}s: span {span / every:.2f}x that; "
+          f"token requests {sum(r['kind'] == 'token' for r in records)}")
+    refusals = [r for r in pmp if r.get("fault") == "rate_limited"]
+    where = ", ".join(f"{r['kind']} {r.get('customer')} page {r.get('page')} at +{r['t'] - first:.1f}s"
+                      for r in refusals)
+    print(f"{'':<10} refused for rate {refused}{': ' + where if where else ''}")
+    print(f"{'':<10} peak RSS {crawl.peak_rss_mb:.1f} MB, cpu {crawl.cpu_s:.1f}s")
+    previous_end = None
+    for name in CUSTOMERS:
+        own = [r for r in pmp if r.get("customer") == name]
+        if not own:
+            continue
+        start, end = spans(own)
+        pages = sum(r["kind"] == "page" and r.get("fault") is None for r in own)
+        pause = f"; starts {start - previous_end:4.1f}s after the previous customer's last answer" if previous_end else ""
+        print(f"{'':<10} {name:<8} span={end - start:6.1f}s ({(end - start) / (pages * LIMIT_DELAY):.2f}x its "
+              f"{pages} pages x {LIMIT_DELAY}s), {len(own)} requests, {stored.get(name, 0):,} mappings{pause}")
+        previous_end = end
+    if crawl.exit_code != 0:
+        print(crawl.stderr.strip()[-2000:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", type=int, default=3317, help="managed systems per customer")
-    parser.add_argument("--only", choices=("sqlite", "postgresql"))
+    parser.add_argument("--latency", type=float, default=2.5, help="seconds per PMP answer")
+    parser.add_argument("--no-single", action="store_true", help="skip the one-customer job run first for comparison")
     args = parser.parse_args()
-    scenario = Scenario(customers={"acme": DatasetSpec(managed_systems=args.systems),
-                                   "globex": DatasetSpec(managed_systems=args.systems, seed=7)})
-    print(f"two customers x {args.systems:,} managed systems, PMP_PAGE_LIMIT=30, PMP_CHECKPOINT_EVERY=10, "
-          f"DOWNLOAD_DELAY=0, simulator in its own process")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start. With DOWNLOAD_DELAY=0 a job is "
-          "CPU-bound (JSON parsing, row building); two jobs plus the simulator share these CPUs, so 'at once' "
-          "cannot beat 'one after the other' by more than the idle CPU allows. With the default 4 requests a "
-          "second per job the jobs are network-bound and run side by side at full speed.")
-    with tempfile.TemporaryDirectory() as tmp, simulator_process(scenario) as sim_url:
-        if args.only in (None, "sqlite"):
-            path = lambda name: Path(tmp) / f"{name}.db"
-            report("SQLite (WAL, BEGIN IMMEDIATE, busy timeout 15 s)", sim_url,
-                   lambda name: f"sqlite:///{path(name)}", path)
-            print(SQLITE_NOTE)
-        if args.only in (None, "postgresql"):
-            postgres(sim_url)
-
-
-def postgres(sim_url: str) -> None:
-    import psycopg
-
-    admin = make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        psycopg.connect(admin, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001
-        print(f"\nPostgreSQL: skipped, not reachable at {make_url(PG_ADMIN_URL).host}:"
-              f"{make_url(PG_ADMIN_URL).port or 5432}: {str(exc).strip().splitlines()[0]}")
-        return
-    created: list[str] = []
-
-    def make_db(name: str) -> str:
-        database = f"pmp_bench_{os.getpid()}_{name}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}"')
-            conn.execute(f'CREATE DATABASE "{database}"')
-        created.append(database)
-        return make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=database).render_as_string(
-            hide_password=False)
-
-    try:
-        report(f"PostgreSQL ({make_url(PG_ADMIN_URL).host}, psycopg 3)", sim_url, make_db)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for database in created:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    customers = {name: DatasetSpec(managed_systems=args.systems, seed=11 + k) for k, name in enumerate(CUSTOMERS)}
+    scenario = Scenario(customers=customers, latency=args.latency,
+                        rate_limit={"max_per_second": 4, "reply": "html_200"})
+    pages = {name: tenant_pages(scenario, 30, name) for name in CUSTOMERS}
+    print(f"{len(CUSTOMERS)} customers x {args.systems:,} managed systems "
+          f"({', '.join(f'{n} {p} pages' for n, p in pages.items())}), {args.latency:g} s per answer, "
+          f"DOWNLOAD_DELAY={LIMIT_DELAY}, strict rate limiter (4 a second); bound = pages x {LIMIT_DELAY} s",
+          flush=True)
+    if not args.no_single:
+        run(scenario, CUSTOMERS[0], CUSTOMERS[0], pages[CUSTOMERS[0]] * LIMIT_DELAY)
+    run(scenario, "all", "all", sum(pages.values()) * LIMIT_DELAY)
 
 
 if __name__ == "__main__":

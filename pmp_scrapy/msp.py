@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -69,6 +70,8 @@ if TYPE_CHECKING:
     from scrapy.http import Response
     from scrapy.settings import BaseSettings
     from twisted.python.failure import Failure
+
+    from pmp_scrapy.config import PMPConfig
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +174,9 @@ class CustomerSweep:
         self.shared = SharedToken()
         self.discovery = Discovery()
         self.customers: list[str] = []
-        self.crawlers: list[tuple[str, Crawler]] = []
+        self.config: PMPConfig | None = None  # as the last customer's crawl saw it (a demo's database too)
+        self._swept: list[CustomerResult] = []  # the customers whose crawl is over
+        self._current: tuple[str, Crawler] | None = None  # the crawl in progress
         self.close_reasons: dict[str, str] = {}
         self.config_error: str | None = None
         self.failure: str | None = None
@@ -217,9 +222,15 @@ class CustomerSweep:
                 crawler = self.process.create_crawler(self.spider_name)
                 share_token(crawler, self.shared)
                 crawler.signals.connect(self._closed_reason(name), signal=signals.spider_closed, weak=False)
-                self.crawlers.append((name, crawler))
+                self._current = (name, crawler)
                 await self._crawl(crawler, customer=name, **self.arguments)
-                if not self._go_on(name, crawler):
+                self._swept.append(self._result(name, crawler))
+                self._current = None
+                self.config = get_config(crawler)
+                go_on = self._go_on(name, crawler)
+                del crawler  # the next customer's crawl does not keep this one's engine alive
+                gc.collect()
+                if not go_on:
                     return
         except Exception as exc:  # a bug here must still stop the reactor, and say why
             logger.exception("the customer sweep failed", extra={"event_type": "customer_sweep_failed"})
@@ -304,18 +315,24 @@ class CustomerSweep:
         return True
 
     # --- the result ----------------------------------------------------------------------------------
+    @staticmethod
+    def _result(name: str, crawler: Crawler) -> CustomerResult:
+        run = find_run(crawler)
+        if run is None or run.outcome is None:
+            return CustomerResult(name, 1, "the run ended without a result (see the log)")
+        return CustomerResult(
+            name, run.outcome.exit_code, run.outcome.message, pages_committed=run.pages_committed,
+            gaps_opened=run.gaps_opened, gaps_resolved=run.gaps_resolved, mappings=run.mappings_upserted,
+            coverage=run.coverage, total=run.denominator(), target_met=run.target_met())
+
     def results(self) -> list[CustomerResult]:
-        """How each customer ended, in the order swept, then those not reached."""
-        results = []
-        for name, crawler in self.crawlers:
-            run = find_run(crawler)
-            if run is None or run.outcome is None:
-                results.append(CustomerResult(name, 1, "the run ended without a result (see the log)"))
-                continue
-            results.append(CustomerResult(
-                name, run.outcome.exit_code, run.outcome.message, pages_committed=run.pages_committed,
-                gaps_opened=run.gaps_opened, gaps_resolved=run.gaps_resolved, mappings=run.mappings_upserted,
-                coverage=run.coverage, total=run.denominator(), target_met=run.target_met()))
-        reached = {name for name, _ in self.crawlers}
+        """How each customer ended, in the order swept (the one in progress when the process was
+        stopped too), then those not reached."""
+        results = list(self._swept)
+        if self._current is not None:
+            name, crawler = self._current
+            results.append(self._result(name, crawler))
+            self.config = get_config(crawler)
+        reached = {result.customer for result in results}
         why = "the job stopped before it (see the customer before)"
         return results + [not_swept(name, why) for name in self.customers if name not in reached]

@@ -9,12 +9,15 @@ the simulator."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import crawl_env, expected_table, max_requests_in_window, scrapy_command
+from conftest import ROOT, crawl_env, expected_table, max_requests_in_window, scrapy_command, scrapy_env
 from test_storage import url_mapping_table, url_rows
 
 from pmp_scrapy.customers import (
@@ -104,7 +107,7 @@ def test_the_job_exit_code_is_the_worst_of_its_customers() -> None:
                                 database="sqlite:////var/lib/pmp/pmp.db", status_command="scrapy status")
     lines = summary.splitlines()
     assert lines[0] == "pmp_scrapy: exit 2 (partial)"
-    assert lines[1].split() == "customers 3 customer(s): 1 done, 1 partial (Globex), 1 not swept (Initech)".split()
+    assert lines[1].split() == ["customers", "3", "customer(s):", "1", "done,", "1", "partial", "(Globex),", "1", "not", "swept", "(Initech)"]
     assert all(len(line) <= WIDTH for line in lines), summary
     assert [line.split()[0] for line in lines[1:] if line[2] != " "] == [
         "customers", "Acme", "Globex", "Initech", "data", "next"]
@@ -236,3 +239,40 @@ def test_customer_all_skips_at_once_without_a_request_while_another_run_holds_th
     [skipped] = log_events(tmp_path, "run_skipped")
     assert skipped["holder_pid"] is not None and skipped["holder_host"]
 
+
+
+def test_a_signal_stops_the_job_once_the_customer_in_progress_recorded_its_run(tmp_path: Path) -> None:
+    """SIGTERM while the second customer sweeps: its crawl stops as a one-customer job's would
+    (its own PromptStop handles the signal: the handlers are put back before each crawl), exit 2
+    for it; the third customer is not swept; the job exits 2."""
+    customers = {**CUSTOMERS, "Globex": DatasetSpec(managed_systems=300, no_patch_share=0.0, seed=7)}
+    db = tmp_path / "pmp.db"
+    with Simulator(scenario=Scenario(customers=customers, latency=0.5)) as sim:
+        env = crawl_env(sim, db, PMP_BATCH_PAGES=0, PMP_PAGE_LIMIT=10, LOG_FILE=tmp_path / "pmp.log")
+        job = subprocess.Popen([sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-a", "customer=all"],
+                               cwd=ROOT, env=scrapy_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(r.customer == "Globex" and r.kind == "page" for r in sim.requests):
+                assert job.poll() is None and time.monotonic() < deadline, "Globex's sweep never started"
+                time.sleep(0.05)
+            job.send_signal(signal.SIGTERM)
+            stdout, stderr = job.communicate(timeout=90)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        swept = {r.customer for r in sim.requests if r.kind in ("page", "inventory", "catalog")}
+    assert job.returncode == 2, stderr[-3000:]
+    assert stdout == ""
+    acme, globex, initech, job_line = stderr.splitlines()
+    assert acme.startswith("pmp_scrapy: customer Acme: exit 0: batch done")
+    assert globex == ("pmp_scrapy: customer Globex: exit 2: the run was interrupted (shutdown); the next run "
+                      "resumes from the checkpoint")
+    assert initech == "pmp_scrapy: customer Initech: exit 2: not swept: the job stopped before it (see the customer before)"
+    assert job_line == "pmp_scrapy: exit 2: 3 customer(s): 1 done, 1 partial (Globex), 1 not swept (Initech)"
+    assert swept == {"Acme", "Globex"}
+    [stop] = log_events(tmp_path, "stop_requested")
+    assert stop["customer"] == "Globex"
+    assert sorted(url_rows(f"sqlite:///{db}", "SELECT customer, exit_code FROM dcapi_runs")) == [
+        ("Acme", 0), ("Globex", 2)]

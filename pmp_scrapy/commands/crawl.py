@@ -129,8 +129,8 @@ class Command(ScrapyCrawlCommand):
         results = sweep.results()
         code = worst_exit_code(result.exit_code for result in results)
         stream = sys.stdout if code == 0 else sys.stderr
-        if stream.isatty() and sweep.crawlers:
-            config = get_config(sweep.crawlers[-1][1])  # as the crawls saw it (a demo's database too)
+        if stream.isatty() and sweep.config is not None:
+            config = sweep.config  # as the crawls saw it (a demo's database too)
             print(customers_summary(exit_code=code, message=job_message(results), results=results,
                                     database=safe_url(config.database_url),
                                     status_command=self._status_command(config)), file=stream, flush=True)

@@ -112,8 +112,12 @@ def test_two_customer_jobs_at_once_lose_no_rows(database_url: str, tmp_path: Pat
     time, every 2 pages. SQLite makes one writer wait (BEGIN IMMEDIATE + busy timeout);
     PostgreSQL lets them interleave. Both end with exit 0 and exactly their customer's rows."""
     with Simulator(scenario=TWO_CUSTOMERS) as sim:
-        # DOWNLOAD_DELAY stretches each sweep to ~4 s so that the two really overlap.
-        jobs = {name: start_crawl(sim, database_url, name, tmp_path / f"{name}.log", DOWNLOAD_DELAY="0.15")
+        # DOWNLOAD_DELAY stretches each sweep to ~4 s so that the two really overlap. One tenant
+        # allows one sweeping run at a time (issue 15: the second would skip), so the jobs reach
+        # the server under two names, as two tenants would: the database sees two writers at once.
+        hosts = {"acme": sim.url, "globex": sim.url.replace("127.0.0.1", "localhost")}
+        jobs = {name: start_crawl(sim, database_url, name, tmp_path / f"{name}.log", DOWNLOAD_DELAY="0.15",
+                                  PMP_BASE_URL=hosts[name], PMP_ACCOUNTS_URL=hosts[name])
                 for name in ("acme", "globex")}
         outputs = {}
         for name, job in jobs.items():

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from scrapy.settings import BaseSettings
 
-_OBJECT_EXTRAS = ("crawler", "spider")  # Scrapy passes these objects in ``extra``; never logged
+_OBJECT_EXTRAS = ("crawler", "spider", "item", "response")  # objects Scrapy passes in ``extra``: never logged
 
 
 @dataclass

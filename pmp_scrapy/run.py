@@ -10,9 +10,9 @@ components write ``pmp/...`` stats for people and never read them back.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pmp_scrapy import coverage as cov
@@ -31,7 +31,7 @@ class RunRecord:
     customer: str | None
     target: float
     configured_total: int | None
-    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_monotonic: float = field(default_factory=time.monotonic)
     state: RunState | None = None
     plan: RunPlan | None = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,9 +30,9 @@ from pmp_scrapy.config import (
     read,
     total_systems_from_settings,
 )
-from pmp_scrapy.plan import format_age
 from pmp_scrapy.coverage import target_systems
 from pmp_scrapy.errors import ConfigError, NoDatabase, StorageError
+from pmp_scrapy.plan import format_age
 from pmp_scrapy.storage.engine import safe_url, without_password
 from pmp_scrapy.storage.status import CustomerStatus, NoExtractionData, read_status
 
@@ -60,8 +60,8 @@ def freshness(last_complete_at: str | None, refresh_interval: float,
     if last_complete_at is None:
         return {"data_as_of": None, "age_seconds": None, "next_refresh_due": None,
                 "refresh_interval": refresh_interval}
-    completed = datetime.fromisoformat(last_complete_at).replace(tzinfo=timezone.utc)
-    now = now or datetime.now(timezone.utc)
+    completed = datetime.fromisoformat(last_complete_at).replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
     due = completed + timedelta(seconds=refresh_interval) if refresh_interval > 0 else None
     return {"data_as_of": completed.isoformat(timespec="seconds"),
             "age_seconds": round((now - completed).total_seconds()),

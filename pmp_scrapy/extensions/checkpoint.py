@@ -29,21 +29,21 @@ from scrapy.exceptions import CloseSpider
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.config import get_config
 from pmp_scrapy.coverage import target_met
+from pmp_scrapy.credentials import resolve_secret
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.logformat import set_log_context
 from pmp_scrapy.masking import register_operator_host
-from pmp_scrapy.credentials import resolve_secret
 from pmp_scrapy.outcome import SKIPPED_REASON, TARGET_MET_REASON, RunFacts, decide_outcome
 from pmp_scrapy.plan import PlanDecision, RunPlan, RunState, decide, make_plan
 from pmp_scrapy.run import RunOwner, RunRecord
 from pmp_scrapy.storage import Store
 from pmp_scrapy.storage.engine import database_host, safe_url
-from pmp_scrapy.storage.watchdog import call_within
 from pmp_scrapy.storage.locks import LockHeld, TenantLock, acquire_tenant_lock, fingerprint, tenant_key
 from pmp_scrapy.storage.token_mints import claim_mint
+from pmp_scrapy.storage.watchdog import call_within
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Spider
     from scrapy.crawler import Crawler

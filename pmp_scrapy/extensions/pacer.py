@@ -46,8 +46,8 @@ from scrapy import signals
 from scrapy.exceptions import NotConfigured
 
 from pmp_scrapy import pacing
-from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.config import read
+from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.middlewares import SIDE_REQUEST
 
 if TYPE_CHECKING:

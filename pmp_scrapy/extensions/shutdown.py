@@ -198,7 +198,7 @@ class PromptStop:
         checkpoints = self.crawler.get_extension(Checkpoints)
         run = checkpoints.run if checkpoints is not None else None
         forced = checkpoints is not None and run is not None and run.outcome is None
-        if forced:
+        if forced and checkpoints is not None and self.crawler.spider is not None:
             logger.warning("the stop did not finish in time: committing the pages fetched and recording the run "
                            "without waiting for downloads in flight", extra={"event_type": "stop_forced"})
             pipeline = self.crawler.get_item_pipeline(MappingPipeline)
@@ -209,4 +209,4 @@ class PromptStop:
             from twisted.internet import reactor
 
             with contextlib.suppress(RuntimeError):  # already stopping
-                reactor.stop()  # type: ignore[attr-defined]
+                reactor.stop()  # type: ignore[attr-defined,misc]

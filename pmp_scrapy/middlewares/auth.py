@@ -49,7 +49,7 @@ from pmp_scrapy.token_budget import TOKEN_BUDGET, TokenBudget
 from pmp_scrapy.zoho import parse_token_response, token_lifetime, token_request
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from scrapy import Request
     from scrapy.crawler import Crawler

@@ -126,7 +126,7 @@ class BackoffRetryMiddleware(RetryMiddleware):
         """Wait before the retry; a stop of the run ends the wait at once and drops the request
         (the page stays unclaimed for the next run)."""
         if seconds > 0:
-            self.crawler.stats.inc_value("pmp/retry_wait_seconds", round(seconds, 3))
+            self.crawler.stats.inc_value("pmp/retry_wait_seconds", round(seconds, 3))  # type: ignore[arg-type]
         if not await pause(self.crawler, seconds):
             raise IgnoreRequest("the run is stopping: the retry wait was cut short")
 

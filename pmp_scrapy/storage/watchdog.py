@@ -108,7 +108,7 @@ def _shutdown_socket(target: Any) -> bool:
     """Shut the PostgreSQL connection's socket down: the driver's blocked read returns at once."""
     pgconn = getattr(target, "pgconn", None) or getattr(getattr(target, "connection", None), "pgconn", None)
     try:
-        fd = pgconn.socket  # a cursor's or a connection's (psycopg 3)
+        fd = pgconn.socket  # type: ignore[union-attr]  # a cursor's or a connection's (psycopg 3)
     except Exception:  # noqa: BLE001 - closed already, or not psycopg
         return False
     try:

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-
 from conftest import (
     crawl_settings,
     db_rows,
@@ -21,6 +20,7 @@ from conftest import (
     run_crawl,
     scrapy_command,
 )
+
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
 
 SMALL = DatasetSpec(managed_systems=300, no_patch_share=0.0)

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 from conftest import crawl_env, db_rows, json_log_lines, scrapy_command
+
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 
 SMALL = DatasetSpec(managed_systems=90, no_patch_share=0.0)

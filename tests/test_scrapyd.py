@@ -158,9 +158,13 @@ def test_scrapyd_deploy_schedule_and_check_database_and_logs(scrapyd: Scrapyd, t
         # The crawl's settings travel in schedule.json; its credentials never do.
         settings = {name: value for name, value in crawl_env(sim, db, AUTOTHROTTLE_ENABLED=False, PMP_BATCH_PAGES=0,
                                                             PMP_CHECKPOINT_EVERY=3).items() if name not in SECRET_ENV}
+        # One tenant allows one sweeping run at a time (the second job would skip): the two jobs
+        # reach the simulator under two host names, as two tenants would, and run at once.
+        hosts = {"acme": sim.url, "globex": sim.url.replace("127.0.0.1", "localhost")}
         for customer in ("acme", "globex"):
             data = [("project", PROJECT), ("spider", "dcapi_patches"), ("customer", customer)]
-            data += [("setting", f"{name}={value}") for name, value in settings.items()]
+            data += [("setting", f"{name}={value}") for name, value in
+                     {**settings, "PMP_BASE_URL": hosts[customer], "PMP_ACCOUNTS_URL": hosts[customer]}.items()]
             answer = api(scrapyd.url, "schedule.json", data)
             assert answer["status"] == "ok", answer
             jobs[customer] = answer["jobid"]

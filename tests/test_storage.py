@@ -20,19 +20,20 @@ from typing import Any
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
+from conftest import crawl_settings, expected_table, oauth_env, run_crawl
 from sqlalchemy.engine import make_url
 
-from conftest import crawl_settings, expected_table, oauth_env, run_crawl
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.storage import Batch, Store
-from pmp_scrapy.storage.status import read_status
 from pmp_scrapy.storage.schema import MAPPING_ROW_FIELDS
+from pmp_scrapy.storage.status import read_status
 
 # Read at import: the autouse clean_environment fixture removes PMP_* variables from each test.
 PG_ADMIN_URL = os.environ.get("PMP_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SEED_TABLES = {"patch_system_mapping", "dcapi_extraction_checkpoints", "dcapi_extraction_gaps"}
 OWN_TABLES = {"dcapi_snapshots", "dcapi_systems", "dcapi_gap_state", "dcapi_runs", "dcapi_mapping_history",
-              "dcapi_mapping_events", "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_token_mints"}
+              "dcapi_mapping_events", "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_token_mints",
+              "dcapi_snapshot_pages"}
 _pg_problem: list[str] = []  # cached reachability verdict: [] unknown, [""] fine, [reason] skip
 
 

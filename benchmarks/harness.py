@@ -38,11 +38,11 @@ RSS_BUDGET_MB = 100.0  # spec NFR-1
 CRAWL_SETTINGS = {"PMP_BATCH_PAGES": "0", "LOG_LEVEL": "WARNING", "PMP_PROGRESS": "off"}
 
 
-def crawl_environment() -> dict[str, str]:
-    """This environment without any ``PMP_*`` value, plus what a crawl of this checkout needs:
-    the project on ``PYTHONPATH``, the simulator's OAuth credentials, no OS keyring."""
+def crawl_environment(root: Path = ROOT) -> dict[str, str]:
+    """This environment without any ``PMP_*`` value, plus what a crawl of the checkout at ``root``
+    needs: the project on ``PYTHONPATH``, the simulator's OAuth credentials, no OS keyring."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PMP_")}
-    env.update({"PYTHONPATH": str(ROOT), "SCRAPY_SETTINGS_MODULE": "pmp_scrapy.settings",
+    env.update({"PYTHONPATH": str(root), "SCRAPY_SETTINGS_MODULE": "pmp_scrapy.settings",
                 "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
                 "PMP_CLIENT_ID": DEMO_CREDENTIALS["client_id"],
                 "PMP_CLIENT_SECRET": DEMO_CREDENTIALS["client_secret"],
@@ -104,7 +104,8 @@ class CrawlProcess:
     :data:`CRAWL_SETTINGS` and ``settings`` as ``-s`` (``customer``: ``-a customer=...``);
     :meth:`wait` measures it."""
 
-    def __init__(self, url: str, database_url: str, *, customer: str | None = None, **settings: Any) -> None:
+    def __init__(self, url: str, database_url: str, *, customer: str | None = None, root: Path | None = None,
+                 **settings: Any) -> None:
         values = {"PMP_BASE_URL": url, "PMP_ACCOUNTS_URL": url, "PMP_DATABASE_URL": database_url,
                   **CRAWL_SETTINGS, **{k: str(v) for k, v in settings.items()}}
         args = [sys.executable, "-m", "scrapy", "crawl", "dcapi_patches"]
@@ -114,7 +115,7 @@ class CrawlProcess:
             args += ["-s", f"{name}={value}"]
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait(); a file, not a pipe, so nothing blocks on it
         self.started = time.monotonic()
-        self.process = subprocess.Popen(args, cwd=ROOT, env=crawl_environment(), stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(args, cwd=root or ROOT, env=crawl_environment(root or ROOT), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=self._stderr)
 
     def wait(self) -> Crawl:

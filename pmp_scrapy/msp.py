@@ -37,45 +37,37 @@ import gc
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import scrapy
 from scrapy import signals
-from scrapy.exceptions import IgnoreRequest
 from twisted.internet.defer import Deferred
 
-from pmp_scrapy.config import apply_spider_arguments, get_config, read
+from pmp_scrapy.config import get_config, read
 from pmp_scrapy.credentials import resolve_secret
 from pmp_scrapy.customers import (
-    CustomerListError,
     CustomerResult,
     CustomerSelection,
     not_swept,
-    read_customer_list,
     resolve,
 )
 from pmp_scrapy.errors import ConfigError, StorageError
 from pmp_scrapy.middlewares.auth import SharedToken, share_token
+from pmp_scrapy.msp_discovery import CustomerListSpider, Discovery
 from pmp_scrapy.outcome import FATAL_REASONS, SKIPPED_REASON, TARGET_MET_REASON
 from pmp_scrapy.pacing import paced_delay
 from pmp_scrapy.run import find_run
-from pmp_scrapy.storage.locks import LockHeld, TenantLock, acquire_tenant_lock, fingerprint, tenant_key
+from pmp_scrapy.storage.locks import LockHeld, acquire_tenant_lock, fingerprint, tenant_key
 from pmp_scrapy.storage.token_mints import claim_mint
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
 
     from scrapy.crawler import Crawler, CrawlerProcessBase
-    from scrapy.http import Response
-    from scrapy.settings import BaseSettings
-    from twisted.python.failure import Failure
 
     from pmp_scrapy.config import PMPConfig
 
 logger = logging.getLogger(__name__)
 
-CUSTOMERS_PATH = "/api/1.4/desktop/customers"
 #: Close reasons after which the next customer is swept (a run that ended by itself).
 CONTINUE_REASONS = frozenset({"finished", TARGET_MET_REASON, SKIPPED_REASON})
 _SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)) if s is not None)
@@ -85,80 +77,6 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-@dataclass
-class Discovery:
-    """What the discovery crawl found: the customer ``names``, or why not: ``skipped`` (another
-    run holds the tenant's lock: exit 0) or ``error`` (exit 1)."""
-
-    names: list[str] | None = None
-    skipped: str | None = None
-    error: str | None = None
-    lock: TenantLock | None = field(default=None, repr=False)
-
-
-class CustomerListSpider(scrapy.Spider):
-    """Asks the MSP server for its customers, once (see the module docstring). Not in
-    ``SPIDER_MODULES``: only a :class:`CustomerSweep` runs it."""
-
-    name = "pmp_customer_list"
-    #: Off for the discovery: it sweeps nothing, records no run, tells no one.
-    OFF: ClassVar[dict[str, tuple[str, ...]]] = {
-        "EXTENSIONS": ("pmp_scrapy.extensions.checkpoint.Checkpoints", "pmp_scrapy.extensions.hook.PostExtractionHook",
-                       "pmp_scrapy.extensions.slack.SlackNotifier", "pmp_scrapy.extensions.progress.ProgressBar"),
-        "ITEM_PIPELINES": ("pmp_scrapy.pipelines.MappingPipeline",),
-    }
-
-    @classmethod
-    def update_settings(cls, settings: BaseSettings) -> None:
-        # Merged into the project's component dicts (custom_settings would replace them, and with
-        # them the pacer and the prompt stop).
-        super().update_settings(settings)
-        for name, components in cls.OFF.items():
-            settings.set(name, {**settings.getdict(name), **dict.fromkeys(components)}, priority="spider")
-
-    def __init__(self, sweep: CustomerSweep, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sweep = sweep
-
-    @classmethod
-    def from_crawler(cls, crawler: Crawler, *args: Any, **kwargs: Any) -> CustomerListSpider:
-        sweep = kwargs.pop("sweep")
-        apply_spider_arguments(crawler.settings, kwargs)  # demo=1 and the like, as each customer's crawl
-        spider = super().from_crawler(crawler, *args, sweep=sweep)
-        crawler.signals.connect(spider.closed_discovery, signal=signals.spider_closed)
-        return spider  # type: ignore[return-value]
-
-    async def start(self) -> AsyncIterator[Any]:
-        if not self.sweep.open_tenant(self.crawler):
-            return
-        yield scrapy.Request(f"{get_config(self.crawler).base_url}{CUSTOMERS_PATH}", callback=self.parse_customers,
-                             errback=self.customers_failed, dont_filter=True,
-                             meta={"pmp_customers": True, "handle_httpstatus_all": True})
-
-    def parse_customers(self, response: Response) -> None:
-        found = self.sweep.discovery
-        try:
-            found.names = read_customer_list(response.status, response.body)
-        except CustomerListError as exc:
-            found.error = f"cannot list the customers of the PMP server: {exc}"
-        else:
-            logger.info("the PMP server lists %d customer(s)", len(found.names),
-                        extra={"event_type": "customers_listed", "customers": len(found.names)})
-
-    def customers_failed(self, failure: Failure) -> None:
-        if failure.check(IgnoreRequest):
-            return  # the run is stopping (authentication): closed_discovery says so
-        self.sweep.discovery.error = f"cannot list the customers of the PMP server: {failure.type.__name__}"
-
-    def closed_discovery(self, spider: scrapy.Spider, reason: str) -> None:
-        found = self.sweep.discovery
-        if found.lock is not None:
-            found.lock.release()  # the first customer's crawl takes it again
-            found.lock = None
-        if found.names is None and found.skipped is None and found.error is None:
-            found.error = f"cannot list the customers of the PMP server: the request did not complete ({reason}; see the log)"
 
 
 class CustomerSweep:

@@ -26,9 +26,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -43,6 +40,7 @@ from pmp_scrapy.extensions.shutdown import pause
 from pmp_scrapy.logformat import register_secret
 from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.middlewares.backoff import retry_wait
+from pmp_scrapy.middlewares.token_share import SharedToken, share_token, shared_token_of
 from pmp_scrapy.run import find_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.token_budget import TOKEN_BUDGET, TokenBudget
@@ -57,7 +55,7 @@ if TYPE_CHECKING:
 
     from pmp_scrapy.config import PMPConfig
 
-__all__ = ["SharedToken", "TokenMiddleware", "share_token", "token_lifetime"]
+__all__ = ["SharedToken", "TokenMiddleware", "share_token", "shared_token_of", "token_lifetime"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,35 +64,6 @@ TOKEN_TRIES = 3
 FINAL_CAUSES = frozenset({"bad_credentials", "throttled"})
 MAX_CONSECUTIVE_401 = 3
 MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
-
-
-@dataclass
-class SharedToken:
-    """The access token the crawlers of one command hand on to each other (see the module
-    docstring): the token, when it was obtained (monotonic seconds: one process), its lifetime,
-    how many were minted, this process's count against Zoho's budget, and ``claim``, the
-    database-wide budget claim for a crawler that has no run record (the customer discovery).
-    The owner calls :meth:`forget` when its last crawler is done."""
-
-    token: str | None = None
-    obtained_at: float = 0.0
-    lifetime: float = 0.0
-    generation: int = 0
-    budget: TokenBudget = field(default_factory=TokenBudget)
-    claim: Callable[[], float] | None = None
-
-    def forget(self) -> None:
-        """Drop the token (the command is over)."""
-        self.token = None
-
-
-_shared: weakref.WeakKeyDictionary[Crawler, SharedToken] = weakref.WeakKeyDictionary()
-
-
-def share_token(crawler: Crawler, shared: SharedToken) -> None:
-    """Make ``crawler``'s TokenMiddleware start from, and leave its token in, ``shared``; call
-    before the crawl starts."""
-    _shared[crawler] = shared
 
 
 class TokenMiddleware:
@@ -130,7 +99,7 @@ class TokenMiddleware:
         secrets = require_secrets(OAUTH_NAMES, crawler.settings)
         for value in secrets.values():
             register_secret(value)  # masked by value in every log line, whatever its shape
-        middleware = cls(crawler, config, secrets, _shared.get(crawler))
+        middleware = cls(crawler, config, secrets, shared_token_of(crawler))
         crawler.signals.connect(middleware._closed, signal=signals.spider_closed)
         return middleware
 

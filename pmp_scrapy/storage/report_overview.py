@@ -14,9 +14,9 @@ from typing import Any
 
 from pmp_scrapy.reporting.codes import MISSING
 from pmp_scrapy.storage.report_reader import Reader, Scope, iso, number
+from pmp_scrapy.storage.report_sql import status_is_sql
 from pmp_scrapy.storage.report_subjects import cve
 from pmp_scrapy.storage.reports import summary
-from pmp_scrapy.storage.views import status_is_sql
 
 KEPT = 60  # snapshots shown at most
 

@@ -26,7 +26,7 @@ from pmp_scrapy.storage.report_reader import (
     pct,
     utcnow,
 )
-from pmp_scrapy.storage.views import equals_folded_sql
+from pmp_scrapy.storage.report_sql import equals_folded_sql
 
 _KB = re.compile(r"(?i)kb?(\d{5,8})")
 _CANDIDATES = 5  # named in the message when a name matches several

@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from pmp_scrapy.reporting.codes import (
-    INSTALLED,
-    MISSING,
-    SEVERITY_ALIASES,
-    SEVERITY_RANKS,
-    STATUS_ALIASES,
-    raw_values,
+from pmp_scrapy.reporting.codes import INSTALLED, MISSING, SEVERITY_RANKS
+from pmp_scrapy.storage.report_sql import (
+    age_days_sql,
+    pct_sql,
+    severity_name_sql,
+    severity_rank_sql,
+    status_is_sql,
+    status_name_sql,
 )
 
 if TYPE_CHECKING:
@@ -57,72 +58,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "dcapi_v_"
 _PG_MARK = "pmp_scrapy view "
-
-
-# --- SQL fragments -------------------------------------------------------------------------------
-# Case-insensitive comparisons without lower() on SQLite: COLLATE NOCASE costs a third as much
-# per row, which matters on 1.6 million mappings.
-
-def _quoted(values: tuple[str, ...]) -> str:
-    return ", ".join("'" + value.replace("'", "''") + "'" for value in values)
-
-
-def _folded(dialect: str, column: str) -> str:
-    return f"lower({column})" if dialect == "postgresql" else f"{column} COLLATE NOCASE"
-
-
-def status_is_sql(dialect: str, column: str, name: str) -> str:
-    """A condition: the status in ``column`` means ``name`` (Missing, Installed ...).
-
-    PostgreSQL: ``ILIKE`` for the words and ``IN`` for the codes, not ``lower(...) IN``: the
-    planner estimates those from the column's statistics (a fifth of the rows are missing),
-    where it guesses 1% for an expression and then probes the history once per row instead of
-    hashing it."""
-    raw = raw_values(STATUS_ALIASES, name)
-    if dialect != "postgresql":
-        return f"{_folded(dialect, column)} IN ({_quoted(raw)})"
-    words = [f"{column} ILIKE '{word}'" for word in raw if not word.isdigit()]
-    codes = [code for code in raw if code.isdigit()]
-    return "(" + " OR ".join([*words, *([f"{column} IN ({_quoted(tuple(codes))})"] if codes else [])]) + ")"
-
-
-def equals_folded_sql(dialect: str, column: str, parameter: str) -> str:
-    """A condition: ``column`` equals the bound ``parameter`` (``:name``), ignoring case."""
-    return f"{_folded(dialect, column)} = {_folded(dialect, parameter)}"
-
-
-def _case(dialect: str, column: str, aliases: dict[str, str], then: dict[str, str], otherwise: str) -> str:
-    whens = " ".join(f"WHEN '{raw}' THEN {then[name]}" for raw, name in aliases.items())
-    return f"CASE {_folded(dialect, column)} {whens} ELSE {otherwise} END"
-
-
-def severity_name_sql(dialect: str, column: str) -> str:
-    """The severity name of ``column`` (NULL and '' are Unrated; an unknown word as sent)."""
-    names = {name: f"'{name}'" for name in SEVERITY_RANKS}
-    return _case(dialect, column, SEVERITY_ALIASES, names, f"COALESCE({column}, 'Unrated')")
-
-
-def _severity_rank(dialect: str, column: str) -> str:
-    ranks = {name: str(rank) for name, rank in SEVERITY_RANKS.items()}
-    return _case(dialect, column, SEVERITY_ALIASES, ranks, "0")
-
-
-def _status_name(dialect: str, column: str) -> str:
-    names = {name: f"'{name}'" for name in set(STATUS_ALIASES.values())}
-    return _case(dialect, column, STATUS_ALIASES, names, column)
-
-
-def age_days_sql(dialect: str, expression: str) -> str:
-    """Days (a fraction) from the naive-UTC timestamp ``expression`` to now."""
-    if dialect == "postgresql":
-        return f"(EXTRACT(EPOCH FROM ((now() AT TIME ZONE 'UTC') - ({expression}))) / 86400.0)"
-    return f"(julianday('now') - julianday({expression}))"
-
-
-def _pct(part: str, whole: str) -> str:
-    return f"CASE WHEN {whole} > 0 THEN ROUND(100.0 * ({part}) / ({whole}), 1) END"
 
 
 # --- the views -----------------------------------------------------------------------------------
@@ -146,8 +82,8 @@ def _mapping_columns(dialect: str) -> str:
     return f"""s.customer AS customer, s.resource_id AS resource_id, s.resource_name AS resource_name,
   m.patch_id AS patch_id, m.patchname AS patchname,
   m.severity AS severity, {severity_name_sql(dialect, 'm.severity')} AS severity_name,
-  {_severity_rank(dialect, 'm.severity')} AS severity_rank,
-  m.patch_status AS patch_status, {_status_name(dialect, 'm.patch_status')} AS status_name,
+  {severity_rank_sql(dialect, 'm.severity')} AS severity_rank,
+  m.patch_status AS patch_status, {status_name_sql(dialect, 'm.patch_status')} AS status_name,
   m.bulletinid AS bulletinid, m.vendor_name AS vendor_name, m.installed_time AS installed_time,
   m.created_at AS first_seen_at"""
 
@@ -212,7 +148,7 @@ def _patch(_dialect: str) -> str:
   MAX(severity_rank) AS severity_rank, MAX(bulletinid) AS bulletinid, MAX(vendor_name) AS vendor_name,
   COUNT(*) AS systems, SUM(is_installed) AS systems_installed, SUM(is_missing) AS systems_missing,
   COUNT(*) - SUM(is_missing) AS systems_covered,
-  {_pct('COUNT(*) - SUM(is_missing)', 'COUNT(*)')} AS coverage_pct
+  {pct_sql('COUNT(*) - SUM(is_missing)', 'COUNT(*)')} AS coverage_pct
 FROM dcapi_v_mappings GROUP BY customer, patch_id"""
 
 
@@ -223,7 +159,7 @@ def _reach(resource: str, missing: str) -> str:
     return f"""{affected} AS systems_affected,
   {affected} - {missed} AS systems_covered,
   {missed} AS systems_missing,
-  {_pct(f'{affected} - {missed}', affected)} AS coverage_pct"""
+  {pct_sql(f'{affected} - {missed}', affected)} AS coverage_pct"""
 
 
 def _bulletin(_dialect: str) -> str:
@@ -260,7 +196,7 @@ def _customers(_dialect: str) -> str:
     latest = "FROM dcapi_snapshots x WHERE x.customer = c.customer"
     systems = "COALESCE(n.systems, 0)"
     return f"""SELECT k.customer AS customer, {systems} AS systems, k.managed_total AS managed_total,
-  {_pct(systems, 'k.managed_total')} AS coverage_pct,
+  {pct_sql(systems, 'k.managed_total')} AS coverage_pct,
   k.data_as_of AS data_as_of, k.latest_snapshot_id AS latest_snapshot_id,
   k.latest_snapshot_state AS latest_snapshot_state
 FROM (SELECT c.customer AS customer,

@@ -32,12 +32,12 @@ DOWNLOAD_DELAY_JITTER = 0  # exact spacing: the contract promises at most 4 requ
 # The pace: the Pacer extension keeps DOWNLOAD_DELAY's rate busy at any latency (requests in
 # flight ~ latency x rate, up to PMP_MAX_IN_FLIGHT, on the PMP slot) with a margin that never
 # lets 5 requests land in one second, and backs off when PMP is overloaded. AutoThrottle would
-# stretch the delay to latency / 2 when PMP is merely slow, so it is off. CONCURRENT_REQUESTS
-# leaves room above PMP_MAX_IN_FLIGHT for requests sleeping out a retry backoff, the token call
-# and Slack. Unpaced slots (DOWNLOAD_DELAY=0) keep two downloads: memory (spec NFR-1, peak RSS
+# stretch the delay to latency / 2 when PMP is merely slow, so it is off. The Pacer admits the
+# in-flight target plus room for a request sleeping out a retry backoff, the token call and
+# Slack into the downloader (requests get their token when they enter it). Unpaced runs (DOWNLOAD_DELAY=0) keep two downloads: memory (spec NFR-1, peak RSS
 # under 100 MB); Scrapy stops downloading while the pages waiting for the database exceed
 # SCRAPER_SLOT_MAX_ACTIVE_SIZE bytes (about one page of the simulator).
-CONCURRENT_REQUESTS = 20
+CONCURRENT_REQUESTS = 3  # unpaced runs; the Pacer raises the downloader's admission as latency needs
 CONCURRENT_REQUESTS_PER_DOMAIN = 2
 SCRAPER_SLOT_MAX_ACTIVE_SIZE = 500_000
 DOWNLOAD_TIMEOUT = 60

@@ -47,8 +47,8 @@ from scrapy.exceptions import NotConfigured
 
 from pmp_scrapy import pacing
 from pmp_scrapy.config import read
-from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.middlewares import SIDE_REQUEST
+from pmp_scrapy.values import number
 
 if TYPE_CHECKING:
     from typing import Self
@@ -74,11 +74,11 @@ def max_in_flight(settings: BaseSettings) -> int:
 def pace_limits(settings: BaseSettings, download_delay: float) -> pacing.PaceLimits:
     """Validate ``PMP_MAX_IN_FLIGHT``, ``PMP_RATE_MARGIN`` and ``PMP_PACE_MAX_DELAY`` into the
     run's :class:`~pmp_scrapy.pacing.PaceLimits`; a bad value is a ConfigError naming it."""
+    in_flight = max_in_flight(settings)
     base = pacing.paced_delay(download_delay, float(read(settings, "PMP_RATE_MARGIN")))
-    max_delay = float(read(settings, "PMP_PACE_MAX_DELAY"))
-    if max_delay < base:
-        raise ConfigError(f"PMP_PACE_MAX_DELAY must be at least the paced delay {base:g} s, got {max_delay:g}")
-    return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=max_in_flight(settings))
+    # a positive number of seconds, and no less than the pace itself
+    max_delay = number("PMP_PACE_MAX_DELAY", read(settings, "PMP_PACE_MAX_DELAY"), low=base)
+    return pacing.PaceLimits(base_delay=base, max_delay=max_delay, max_in_flight=in_flight)
 
 
 @dataclass
@@ -109,11 +109,6 @@ class Pacer:
             logger.warning("AutoThrottle is enabled alongside the pacer: it lowers the request rate "
                            "whenever PMP is slow; set AUTOTHROTTLE_ENABLED = False",
                            extra={"event_type": "pace_config"})
-        total = settings.getint("CONCURRENT_REQUESTS")
-        if 0 < total <= pacer.limits.max_in_flight:
-            logger.warning("CONCURRENT_REQUESTS=%d leaves no room above PMP_MAX_IN_FLIGHT=%d: "
-                           "fewer requests may be in flight than slow answers need",
-                           total, pacer.limits.max_in_flight, extra={"event_type": "pace_config"})
         crawler.signals.connect(pacer.request_reached_downloader, signal=signals.request_reached_downloader)
         crawler.signals.connect(pacer.response_downloaded, signal=signals.response_downloaded)
         return pacer
@@ -189,10 +184,8 @@ class Pacer:
     def _admit(self, target: int) -> None:
         """Let only a few requests more than the target into the downloader: a request gets its
         token when it enters, so a long queue in the slot would send tokens old (and memory)."""
-        downloader = self.crawler.engine.downloader
-        ceiling = self.crawler.settings.getint("CONCURRENT_REQUESTS")
-        wanted = target + QUEUE_HEADROOM
-        downloader.total_concurrency = min(wanted, ceiling) if ceiling > 0 else wanted
+        # CONCURRENT_REQUESTS stays small for unpaced runs (memory); the pace admits what it needs.
+        self.crawler.engine.downloader.total_concurrency = min(target, self.limits.max_in_flight) + QUEUE_HEADROOM
 
     def _apply(self, paced: _PacedSlot) -> None:
         peak = paced.latency.peak if paced.latency is not None else None

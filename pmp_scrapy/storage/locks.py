@@ -138,16 +138,28 @@ def lock_path(database: Path, tenant: str) -> Path:
 
 
 def _acquire_file(path: Path, tenant: str) -> TenantLock | LockHeld:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise StorageError(f"cannot open the run lock {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        with os.fdopen(fd, "rb") as held:
-            return _file_holder(held.read(4096))
+    """``flock`` the lock file, which the holder removes when it lets go (nothing is left beside
+    the database); a lock taken on a file another run removed meanwhile is taken again."""
+    for _ in range(5):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StorageError(f"cannot open the run lock {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with os.fdopen(fd, "rb") as held:
+                return _file_holder(held.read(4096))
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed this file as we opened it: lock the one now there
+    else:
+        raise StorageError(f"cannot take the run lock {path}: it keeps being replaced")
     host, pid = _holder()
     record = {"tenant": tenant, "host": host, "pid": pid,
               "since": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
@@ -157,7 +169,7 @@ def _acquire_file(path: Path, tenant: str) -> TenantLock | LockHeld:
 
     def release() -> None:
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+            path.unlink()  # before the flock goes: a run that opens it now sees it replaced
         os.close(fd)  # closing the only descriptor drops the flock
 
     return TenantLock(release)

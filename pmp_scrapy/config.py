@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from scrapy.crawler import Crawler
     from scrapy.settings import BaseSettings
 
-__all__ = ["DEMO_DATABASE_URL", "ENVIRONMENT_SETTINGS", "SETTINGS", "EnvironmentAddon", "PMPConfig",
-           "apply_environment", "apply_spider_arguments", "customer_name", "derive_accounts_url", "get_config",
-           "is_loopback_host", "load_config", "parse_flag"]
+__all__ = ["DEMO_DATABASE_URL", "ENVIRONMENT_SETTINGS", "SETTINGS", "EnvironmentAddon", "PMPConfig", "apply_environment",
+           "apply_spider_arguments", "customer_name", "derive_accounts_url", "get_config", "is_loopback_host",
+           "load_config", "parse_flag"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,7 @@ class Setting:
 
 
 def _text(name: str, value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
+    return (str(value).strip() or None) if value is not None else None
 
 
 def _positive(name: str, value: Any) -> int:
@@ -98,6 +97,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_MAX_RETIRE_SHARE", 0.2, lambda name, value: v.number(name, value, low=0.0, high=1.0),
             "max_retire_share"),
     Setting("PMP_CUSTOMER", None, _text, "customer"),
+    Setting("PMP_SLA_DAYS", "Critical=15,Important=30,Moderate=90,Low=180", _text, None),  # see reporting.sla
     Setting("PMP_RESET", False, parse_flag, "reset", env=False),
     Setting("PMP_DEMO", False, parse_flag, "demo", env=False),
     Setting("POST_EXTRACTION_HOOK", None, _text, "post_extraction_hook"),

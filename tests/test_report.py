@@ -388,7 +388,8 @@ def test_views_give_the_report_numbers(crawled: Crawled) -> None:
 
 def test_views_are_created_once_and_replaced_when_their_definition_changes(database_url: str) -> None:  # noqa: F811
     from pmp_scrapy.storage.engine import open_engine
-    from pmp_scrapy.storage.views import VIEWS, create_views
+    from pmp_scrapy.storage.view_setup import create_views
+    from pmp_scrapy.storage.views import VIEWS
 
     def views(conn: sa.Connection) -> set[str]:
         return {name for name in sa.inspect(conn).get_view_names() if name.startswith("dcapi_v_")}

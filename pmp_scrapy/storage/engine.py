@@ -52,7 +52,7 @@ from pmp_scrapy.storage.sqlite_file import (
     make_private,
     prepare_sqlite_file,
 )
-from pmp_scrapy.storage.views import create_views
+from pmp_scrapy.storage.view_setup import create_views
 from pmp_scrapy.storage.watchdog import Limits, give_up_after, guard_dialect, postgres_connect_args, postgres_session
 
 logger = logging.getLogger(__name__)

@@ -223,6 +223,7 @@ mapping_events = Table(
 )
 Index("idx_dcapi_events_key", mapping_events.c.customer, mapping_events.c.resource_id, mapping_events.c.patch_id)
 Index("idx_dcapi_events_snapshot", mapping_events.c.snapshot_id)
+Index("idx_dcapi_events_customer_snapshot", mapping_events.c.customer, mapping_events.c.snapshot_id)  # report trend
 
 # --- the patch catalog (/dcapi/threats/patches): CVE ids per patch --------------------------------
 

@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from sweep import start_simulator
+from harness import simulator_process
 
 from pmp_scrapy import settings as project_settings
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, Scenario
@@ -146,13 +146,9 @@ def most_in_window(times: list[float], window: float = 1.0) -> int:
 
 def sweep(label: str, scenario: Scenario, extra: dict[str, str]) -> Sweep:
     with tempfile.TemporaryDirectory() as tmp:
-        sim, url = start_simulator(scenario, Path(tmp))
-        try:
+        with simulator_process(scenario) as url:
             exit_code, wall, peak = crawl(url, Path(tmp) / "bench.db", extra)
             records, refused = server_record(url)
-        finally:
-            sim.terminate()
-            sim.wait(10)
         with sqlite3.connect(Path(tmp) / "bench.db") as conn:
             pages = conn.execute("SELECT MAX(last_page) FROM dcapi_extraction_checkpoints").fetchone()[0] or 0
             gaps = conn.execute("SELECT COUNT(*) FROM dcapi_extraction_gaps").fetchone()[0]

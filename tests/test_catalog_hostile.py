@@ -326,7 +326,7 @@ async def test_our_own_error_in_the_catalog_callback_is_a_gap(tmp_path: Path, lo
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever fails in the catalog callback, our own code included, is the page's gap, never a
     traceback; the mapping sweep is not affected."""
-    import pmp_scrapy.spiders.dcapi_patches as spider_module
+    import pmp_scrapy.spiders.catalog_requests as spider_module  # where the catalog callback lives
 
     real = spider_module.catalog_rows
 

@@ -78,3 +78,16 @@ def test_an_unreachable_accounts_server_is_named(tmp_path: Path, db_path: Path) 
     assert result.returncode == 1
     assert f"the Zoho accounts server 127.0.0.1:{port} is unreachable" in exit_line(result.stderr)
     assert last_run(db_path)[:2] == (1, "pmp_token_refresh_failed")
+
+
+def test_a_fatal_run_is_never_logged_as_target_met() -> None:
+    """Issue 14: a run that met the coverage target but ended fatally (database, token) is a
+    ``batch_complete`` event with exit 1, which an alert on batch_complete catches."""
+    from pmp_scrapy.outcome import RunFacts, decide_outcome
+
+    facts = RunFacts(close_reason="pmp_database_error", abort_message="database error while committing a batch",
+                     gaps_open=0, gaps_resolved=0, pages_committed=3, mappings_upserted=90, snapshot_complete=True,
+                     coverage=90, total_systems=90, total_records=90, target=0.95, target_met=True)
+    outcome = decide_outcome(facts)
+    assert (outcome.exit_code, outcome.event) == (1, "batch_complete")
+    assert outcome.message == "database error while committing a batch"

@@ -329,6 +329,7 @@ class SlackReceiver:
                 body = b"ok" if receiver.status == 200 else b"no_service"
                 self.send_response(receiver.status)
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -86,6 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_CATALOG_PAGE_LIMIT", 1000, catalog_page_limit, "catalog_page_limit"),
     Setting("PMP_BATCH_PAGES", 50, _non_negative, "batch_pages"),
     Setting("PMP_CHECKPOINT_EVERY", 10, _positive, "checkpoint_every"),
+    Setting("PMP_BATCH_BYTES", 8 << 20, _positive, None),  # the pipeline's: pickled rows that end a batch early
     Setting("PMP_COVERAGE_TARGET", 0.95, _fraction, "coverage_target"),
     Setting("PMP_TOTAL_SYSTEMS", None, _optional_positive, "total_systems"),
     Setting("PMP_TOKEN_REFRESH_RATIO", 0.8, _fraction, "token_refresh_ratio"),
@@ -216,8 +217,7 @@ class LogOptions:
 def load_log_options(settings: BaseSettings) -> LogOptions:
     """Validate ``PMP_LOG_FORMAT``, ``PMP_LOG_ROTATE`` and ``PMP_LOG_BACKUPS`` alone, so logging
     can be set up even when another setting is wrong."""
-    return LogOptions(read(settings, "PMP_LOG_FORMAT"), read(settings, "PMP_LOG_ROTATE"),
-                      read(settings, "PMP_LOG_BACKUPS"))
+    return LogOptions(*(read(settings, f"PMP_LOG_{name}") for name in ("FORMAT", "ROTATE", "BACKUPS")))
 
 
 def database_url_from_settings(settings: BaseSettings) -> str:

@@ -1,10 +1,12 @@
-"""Item pipeline: page items become rows; every ``PMP_CHECKPOINT_EVERY`` pages (and at close)
-one transaction commits the rows, the gaps, healed gaps and the checkpoint that covers them.
+"""Item pipeline: page items become rows; every ``PMP_CHECKPOINT_EVERY`` pages, or sooner once
+the batch's packed rows reach ``PMP_BATCH_BYTES`` (and at close), one transaction commits the
+rows, the gaps, healed gaps and the checkpoint that covers them.
 
-Reads ``PMP_CHECKPOINT_EVERY``, ``PMP_TOTAL_SYSTEMS``. Writes ``patch_system_mapping``,
+Reads ``PMP_CHECKPOINT_EVERY``, ``PMP_BATCH_BYTES``, ``PMP_TOTAL_SYSTEMS``. Writes ``patch_system_mapping``,
 ``dcapi_systems``, ``dcapi_extraction_gaps``, ``dcapi_gap_state``,
 ``dcapi_extraction_checkpoints``; stats ``pmp/pages_committed``, ``pmp/mappings_upserted``,
-``pmp/gaps_recorded``, ``pmp/gaps_healed``, ``pmp/checkpoint_page``, ``pmp/coverage``. Sends
+``pmp/gaps_recorded``, ``pmp/gaps_healed``, ``pmp/checkpoint_page``, ``pmp/coverage``,
+``pmp/batches_ended_by_bytes``. Sends
 ``batch_committed``. Knows nothing of HTTP.
 """
 
@@ -18,7 +20,7 @@ from scrapy.exceptions import DropItem
 from scrapy.utils.asyncio import run_in_thread
 
 from pmp_scrapy import signals as pmp_signals
-from pmp_scrapy.config import get_config
+from pmp_scrapy.config import get_config, read
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.extensions.checkpoint import Checkpoints
 from pmp_scrapy.items import CatalogGap, CatalogPage, CatalogUnavailable, InventoryTotal, PageGap, PatchPage
@@ -46,6 +48,7 @@ class MappingPipeline:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.config = get_config(crawler)
+        self.batch_bytes: int = read(crawler.settings, "PMP_BATCH_BYTES")
         owner = crawler.get_extension(Checkpoints)
         if owner is None:
             raise RuntimeError("MappingPipeline needs the Checkpoints extension (it owns the store and the run)")
@@ -94,6 +97,9 @@ class MappingPipeline:
                 raise self._refused(item)
             self._add(item)
             if self._page_count >= self.config.checkpoint_every:
+                await self.flush()
+            elif self._batch is not None and self._batch.packed_bytes >= self.batch_bytes:
+                self.stats.inc_value("pmp/batches_ended_by_bytes")
                 await self.flush()
         return item
 

@@ -21,7 +21,8 @@ class Batch:
 
     Each page's mapping rows and systems are kept pickled, one ``bytes`` per page, until the
     commit unpacks them a page at a time: ten pages of live tuples cost some 4 MB, pickled about
-    a quarter of that, and the peak RSS budget is 100 MB (spec NFR-1). ``mappings`` and
+    a quarter of that, and the peak RSS budget is 100 MB (spec NFR-1). The pipeline commits a
+    batch early once ``packed_bytes`` reaches ``PMP_BATCH_BYTES``. ``mappings`` and
     ``systems`` given to the constructor are one page. A page's systems are the ones it reported
     completely: their stored rows that the page no longer lists are retired at commit."""
 
@@ -36,6 +37,7 @@ class Batch:
     total_records: int | None = None
     denominator: int | None = None
     mapping_count: int = 0
+    packed_bytes: int = 0  # the pickled pages' size: PMP_BATCH_BYTES bounds it
     #: page -> the totalRecords it was answered with, for the pages of this batch
     page_totals: dict[int, int] = field(default_factory=dict)
     max_retire_share: float = 0.2  # PMP_MAX_RETIRE_SHARE
@@ -46,9 +48,11 @@ class Batch:
             self.add_page(mappings or [], systems or [])
 
     def add_page(self, rows: list[MappingRow], systems: list[dict[str, Any]]) -> None:
-        """Buffer one page: its mapping rows and the systems it reported."""
+        """Buffer one page: its mapping rows and the systems it reported (adds to ``packed_bytes``)."""
         if rows or systems:
-            self._packed_pages.append(pickle.dumps((rows, systems), protocol=pickle.HIGHEST_PROTOCOL))
+            packed = pickle.dumps((rows, systems), protocol=pickle.HIGHEST_PROTOCOL)
+            self._packed_pages.append(packed)
+            self.packed_bytes += len(packed)
             self.mapping_count += len(rows)
 
     def add_mappings(self, rows: list[MappingRow]) -> None:

@@ -56,6 +56,8 @@ from pmp_scrapy.extensions.hook import hook_environment
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
 from pmp_scrapy.spiders.dcapi_patches import DcapiPatchesSpider
 from pmp_scrapy.storage.engine import open_engine
+from pmp_scrapy.storage.liveness import DEAD, server_answers
+from pmp_scrapy.storage.watchdog import call_within
 
 SMALL = DatasetSpec(managed_systems=120)  # 4 pages of 30: one commit, the final one (PMP_CHECKPOINT_EVERY=10)
 FINAL_COMMIT_ONLY = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 10, "PMP_CATALOG_PAGE_LIMIT": 0}
@@ -275,10 +277,12 @@ class FreezingProxy:
 def test_a_postgres_that_stops_answering_ends_the_run_in_bounded_time(
         postgres_url: str, log_file: Path) -> None:  # noqa: F811
     """The crawl writes through a proxy that freezes after the first checkpoint: the next commit
-    gets no answer. With PMP_DB_TIMEOUT=2 a call is cut after 6 s (statement timeout 4 s + 2) and
-    a new connection gives up after 2 s; recording the run fails as fast, the run lock is left to
-    the server (it frees it with the session): exit 1 well within 20 s (it hung for 866 s), one
-    line naming the server, no password."""
+    gets no answer. With PMP_DB_TIMEOUT=2 the server is probed beside the call after 1 s; the probe
+    gets no answer within 2 s either, so the call is cut then (not after its full 6 s), and what
+    the stopping run still asks of that server (a reconnect, recording the run, releasing the run
+    lock) is refused at once instead of each waiting the timeout again (at the default 15 s the
+    stop took ~90 s, six timeouts): one wait in the log, exit 1, one line naming the server, no
+    password; the run lock is left to the server (it frees it with the session)."""
     real = make_url(postgres_url)
     proxy = FreezingProxy((real.host or "127.0.0.1", real.port or 5432))
     url = real.set(host="127.0.0.1", port=proxy.port, password=SECRET).render_as_string(hide_password=False)
@@ -306,23 +310,25 @@ def test_a_postgres_that_stops_answering_ends_the_run_in_bounded_time(
     finally:
         proxy.close()
     assert process.returncode == 1, err[-3000:]
-    assert took < 25, f"the run took {took:.1f} s to end after the database stopped answering"
+    assert took < 2 + 2 + 8, f"the run took {took:.1f} s to end after the database stopped answering"
     print(f"PostgreSQL stopped answering: the run ended {took:.1f} s later")  # a figure for the report (-s)
     [line] = [line for line in err.splitlines() if line.startswith("pmp_scrapy:")]
-    # the commit's connection is cut after 6 s, or its check before use (pre-ping) is, and the new
-    # connection that replaces it times out after 2 s
-    assert re.fullmatch(rf"pmp_scrapy: exit 1: database error while committing a batch: PostgreSQL at 127\.0\.0\.1:"
-                        rf"{proxy.port} did not answer within (6 s; the connection was closed|2 s while connecting) "
-                        r"\(PMP_DB_TIMEOUT=2\)", line), line
+    cause = (rf"PostgreSQL at 127\.0\.0\.1:{proxy.port} did not answer within \d s, nor a probe within 2 s; the "
+             r"connection was closed \(PMP_DB_TIMEOUT=2\)")
+    assert re.fullmatch(rf"pmp_scrapy: exit 1: database error while committing a batch: {cause}", line), line
     assert "Traceback" not in err
     log = log_file.read_text()
     assert SECRET not in err + out + log
     checkpoint = _checkpoint(postgres_url)
     assert checkpoint and checkpoint < 4  # what was committed before stays; nothing after the freeze
     assert url_rows(postgres_url, "SELECT COUNT(*) FROM dcapi_runs") == [(0,)]  # the record could not reach it
-    waiting = events(log_file, "db_waiting")
-    assert waiting and f"PostgreSQL at 127.0.0.1:{proxy.port}" in waiting[0]["message"]
-    assert events(log_file, "run_record_failed")
+    [waiting] = events(log_file, "db_waiting")  # one wait: nothing after the cut waits again
+    assert waiting["level"] == "WARNING" and f"PostgreSQL at 127.0.0.1:{proxy.port}" in waiting["message"]
+    [record_failed] = events(log_file, "run_record_failed")  # refused at once, saying the same
+    assert re.fullmatch(rf"could not record the run: database error while recording the run: {cause}",
+                        record_failed["message"]), record_failed["message"]
+    assert "while connecting" not in log  # no new connection was waited for
+    assert events(log_file, "run_lock_release_failed")
 
 
 def _checkpoint(url: str) -> int | None:
@@ -331,6 +337,60 @@ def _checkpoint(url: str) -> int | None:
     except sa.exc.DBAPIError:
         return None  # no table yet
     return rows[0][0]
+
+
+class AnsweringServer:
+    """A listener answering each connection's first bytes with ``N`` (PostgreSQL's "no SSL")."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with client:
+                if client.recv(8):
+                    client.sendall(b"N")
+
+
+def test_the_probe_tells_a_server_that_answers_from_one_that_does_not() -> None:
+    answering = AnsweringServer()
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nothing ever answers
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_address = closed.getsockname()[:2]
+    closed.close()
+    try:
+        assert server_answers(answering.address, 2.0)
+        assert not server_answers(silent.getsockname()[:2], 0.3)
+        assert not server_answers(closed_address, 0.3)  # refused
+    finally:
+        answering.listener.close()
+        silent.close()
+
+
+@pytest.mark.postgres
+def test_the_probe_gets_an_answer_from_a_real_postgres(postgres_url: str) -> None:  # noqa: F811
+    real = make_url(postgres_url)
+    assert server_answers((real.host or "127.0.0.1", real.port or 5432), 5.0)
+
+
+def test_a_bounded_call_gives_up_at_once_while_a_database_is_known_not_to_answer() -> None:
+    release = threading.Event()
+    assert call_within(lambda: None, 1.0)
+    DEAD.mark("PostgreSQL at 127.0.0.1:1", 30, "did not answer")
+    try:
+        started = time.monotonic()
+        assert not call_within(lambda: release.wait(30), 20.0)
+        assert time.monotonic() - started < 10  # not the 20 s it was given
+    finally:
+        DEAD.clear()
+        release.set()
+    assert DEAD.note("PostgreSQL at 127.0.0.1:1") is None
 
 
 @pytest.mark.postgres

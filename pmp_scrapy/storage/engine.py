@@ -222,8 +222,12 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
     elif engine.dialect.name == "postgresql":
         url_parts = make_url(url)
-        limits = Limits(f"PostgreSQL at {url_parts.host or 'localhost'}:{url_parts.port or 5432}", pg_timeout,
-                        give_up_after(pg_timeout), "a lock held by another session, or a server that stopped answering")
+        host = url_parts.host or ""
+        # a socket path or a list of hosts is not probed (only the give-up bounds a wait there)
+        address = (host, url_parts.port or 5432) if host and not host.startswith("/") and "," not in host else None
+        limits = Limits(f"PostgreSQL at {host or 'localhost'}:{url_parts.port or 5432}", pg_timeout,
+                        give_up_after(pg_timeout), "a lock held by another session, or a server that stopped answering",
+                        address)
         guard_dialect(engine.dialect, limits)
 
         @event.listens_for(engine, "connect")

@@ -33,9 +33,13 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from pmp_scrapy.storage.liveness import DEAD, watch
+
 logger = logging.getLogger(__name__)
 
 SLOW_AFTER = 2.0  # seconds without an answer before the run says it is waiting for the database
+PROBE_AFTER = 1.0  # seconds without an answer before the server is probed (see liveness)
+DEAD_GRACE = 0.5  # seconds call_within still waits once a database was found not answering
 _GUARDED = ("do_execute", "do_executemany", "do_execute_no_params", "do_commit", "do_rollback", "do_ping")
 
 
@@ -96,12 +100,16 @@ WATCHDOG = Watchdog()
 
 @dataclass
 class Limits:
-    """What one engine's calls may take: ``give_up`` None never cuts a connection (SQLite)."""
+    """What one engine's calls may take: ``give_up`` None never cuts a connection (SQLite);
+    ``address`` is the PostgreSQL server's TCP address to probe (None: not probed)."""
 
     server: str  # "PostgreSQL at host:5432" or "the SQLite database"
     timeout: float  # PMP_DB_TIMEOUT, for messages
     give_up: float | None
     hint: str  # what a long wait usually means
+    address: tuple[str, int] | None = None
+    #: the driver's error class for a call refused because the server was just found not answering
+    refused: type[Exception] = ConnectionError
 
 
 def _shutdown_socket(target: Any) -> bool:
@@ -124,39 +132,74 @@ def _shutdown_socket(target: Any) -> bool:
     return True
 
 
+def _refuse_if_dead(limits: Limits) -> None:
+    """Fail at once, without a round trip, while ``limits.server`` is remembered as not answering."""
+    note = DEAD.note(limits.server) if limits.address else None
+    if note is not None:
+        exc = limits.refused(note)
+        exc.pmp_note = note  # type: ignore[attr-defined]
+        raise exc
+
+
 def _guarded(method: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
     def call(target: Any, *args: Any, **kwargs: Any) -> Any:
+        _refuse_if_dead(limits)
         started = time.monotonic()
-        cut = threading.Event()
+        cut: list[str] = []  # why the connection was cut, once it is
+        finished = threading.Event()
+        said: list[bool] = []
+        lock = threading.Lock()  # a cut and the call's end never cross
 
         def slow() -> None:
+            if said:
+                return
+            said.append(True)
             logger.warning("waiting for the database: %s has not answered for %.0f s (%s); %s",
-                           limits.server, SLOW_AFTER, limits.hint,
-                           f"giving up after {limits.give_up:.0f} s" if limits.give_up
+                           limits.server, time.monotonic() - started, limits.hint,
+                           f"giving up after {limits.give_up:.0f} s, or once it does not answer a probe "
+                           f"within {limits.timeout:g} s" if limits.give_up
                            else f"waiting up to {limits.timeout:g} s (PMP_DB_TIMEOUT)",
                            extra={"event_type": "db_waiting", "waited_s": SLOW_AFTER,
                                   "timeout_s": limits.timeout})
 
-        def give_up() -> None:
-            cut.set()
-            _shutdown_socket(target)
+        def give_up(why: str) -> None:
+            with lock:
+                if finished.is_set() or cut:
+                    return
+                waited = time.monotonic() - started
+                cut.append(f"{limits.server} did not answer within {waited:.0f} s{why}; the connection was closed "
+                           f"(PMP_DB_TIMEOUT={limits.timeout:g})")
+                _shutdown_socket(target)
+
+        def silent() -> None:  # the probe got no answer either: the server, not this call, is stuck
+            slow()
+            give_up(f", nor a probe within {limits.timeout:g} s")
+            if cut:  # the calls the stopping run still makes fail at once, saying the same
+                DEAD.mark(limits.server, limits.timeout, cut[0])
+
+        def probe() -> None:
+            if limits.address is not None and not finished.is_set():
+                watch(limits.address, limits.timeout, finished, silent)
 
         # said only when the wait can go on well past it
         alarms = [WATCHDOG.arm(SLOW_AFTER, slow)] if (limits.give_up or limits.timeout) > SLOW_AFTER + 0.2 else []
         if limits.give_up:
-            alarms.append(WATCHDOG.arm(limits.give_up, give_up))
+            alarms.append(WATCHDOG.arm(limits.give_up, lambda: give_up("")))
+        if limits.address is not None:
+            alarms.append(WATCHDOG.arm(min(PROBE_AFTER, limits.timeout), probe))
         try:
             return method(target, *args, **kwargs)
         except Exception as exc:
             waited = time.monotonic() - started
-            if cut.is_set():
-                exc.pmp_note = (f"{limits.server} did not answer within {limits.give_up:.0f} s; the connection "  # type: ignore[attr-defined]
-                                f"was closed (PMP_DB_TIMEOUT={limits.timeout:g})")
+            if cut:
+                exc.pmp_note = cut[0]  # type: ignore[attr-defined]
             elif waited >= SLOW_AFTER:
                 exc.pmp_note = (f"waited {waited:.1f}".rstrip("0").rstrip(".")  # type: ignore[attr-defined]
                                 + f" s, PMP_DB_TIMEOUT={limits.timeout:g}")
             raise
         finally:
+            with lock:
+                finished.set()
             for alarm in alarms:
                 WATCHDOG.disarm(alarm)
 
@@ -164,14 +207,18 @@ def _guarded(method: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
 
 
 def _connecting(connect: Callable[..., Any], limits: Limits) -> Callable[..., Any]:
-    """A connection attempt that times out names the server (the driver's message does not)."""
+    """A connection attempt that times out names the server (the driver's message does not),
+    and the server is then remembered as not answering; while it is, no attempt is made."""
     def call(*args: Any, **kwargs: Any) -> Any:
+        _refuse_if_dead(limits)
         try:
             return connect(*args, **kwargs)
         except Exception as exc:
             if "timeout" in type(exc).__name__.lower() or "timeout expired" in str(exc):
                 exc.pmp_note = (f"{limits.server} did not answer within {limits.timeout:g} s while connecting "  # type: ignore[attr-defined]
                                 f"(PMP_DB_TIMEOUT={limits.timeout:g})")
+                if limits.address is not None:
+                    DEAD.mark(limits.server, limits.timeout, exc.pmp_note)  # type: ignore[attr-defined]
             raise
 
     return call
@@ -179,6 +226,8 @@ def _connecting(connect: Callable[..., Any], limits: Limits) -> Callable[..., An
 
 def guard_dialect(dialect: Any, limits: Limits) -> None:
     """Put every driver call of ``dialect`` (one engine's own instance) under the watchdog."""
+    dbapi = getattr(dialect, "loaded_dbapi", None)
+    limits.refused = getattr(dbapi, "OperationalError", None) or limits.refused
     for name in _GUARDED:
         method = getattr(dialect, name, None)
         if method is not None:
@@ -229,7 +278,10 @@ def postgres_session(dbapi_connection, timeout: float, limits: Limits) -> None: 
 def call_within(fn: Callable[[], Any], seconds: float) -> bool:
     """Run ``fn`` in a daemon thread and wait at most ``seconds`` for it: ``True`` when it returned
     (its exception, if any, is raised here), ``False`` when it is still waiting (for a database
-    that stopped answering, say; the thread is left to the process's exit)."""
+    that stopped answering, say; the thread is left to the process's exit). While a database of
+    this process is remembered as not answering (:data:`~pmp_scrapy.storage.liveness.DEAD`), the
+    wait is cut to :data:`DEAD_GRACE` seconds: that database would not answer ``fn`` either."""
+    started = time.monotonic()
     done = threading.Event()
     failure: list[BaseException] = []
 
@@ -242,8 +294,10 @@ def call_within(fn: Callable[[], Any], seconds: float) -> bool:
             done.set()
 
     threading.Thread(target=target, name="pmp-bounded-call", daemon=True).start()
-    if not done.wait(seconds):
-        return False
+    while not done.wait(0.05):
+        waited = time.monotonic() - started
+        if waited >= seconds or (waited >= DEAD_GRACE and DEAD.any()):
+            return False
     if failure:
         raise failure[0]
     return True

@@ -10,6 +10,8 @@ from sqlalchemy import Connection, Select, and_, func, select, update
 
 from pmp_scrapy.storage.batch import Batch, CheckpointResult, Reconciliation, ordered_unique
 from pmp_scrapy.storage.history import Changes, Context, apply_page, retire_systems, returned_systems, write_events
+from pmp_scrapy.storage.rollup import coverage as rollup_coverage
+from pmp_scrapy.storage.rollup import refresh, without_rollup
 from pmp_scrapy.storage.schema import (
     checkpoints,
     gap_state,
@@ -62,6 +64,8 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
         if page_systems:
             _write_systems(conn, upsert, ctx, page_systems, changes)
     write_events(conn, changes.events)
+    # After the systems are written: a system new or back from retirement is present by now.
+    refresh(conn, changes.touched | set(without_rollup(conn, ctx.customer, changes.with_mappings - changes.touched)))
     _write_page_totals(conn, upsert, batch, now)
 
     for gap in sorted(batch.gaps, key=lambda g: g["page_num"]):
@@ -174,7 +178,7 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
         select(func.count(), func.coalesce(func.sum(systems.c.patch_count), 0)).where(
             systems.c.customer == batch.customer, systems.c.last_seen_snapshot == batch.snapshot_id)
     ).one()
-    coverage = int(conn.execute(coverage_query(batch.customer)).scalar_one())
+    coverage = rollup_coverage(conn, batch.customer)  # coverage_query's count, from ~N roll-up rows
     denominator = batch.denominator or 0
     coverage_pct = round(100.0 * coverage / denominator, 2) if denominator else 0.0
     if last_page is not None:

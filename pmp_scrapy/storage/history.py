@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, insert, select, tuple_, update
 
 from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS, MappingRow
+from pmp_scrapy.storage.rollup import refresh
 from pmp_scrapy.storage.schema import mapping_events, mapping_history, patch_system_mapping, systems
 
 _CHUNK = 500  # rows a statement: SQLAlchemy's parameter copies stay small (NFR-1)
@@ -34,6 +35,10 @@ class Changes:
     retired: int = 0
     returned: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: systems whose mappings were written or retired (their roll-ups are rebuilt)
+    touched: set[str] = field(default_factory=set)
+    #: systems reported with mappings (stored or listed): rolled up unless they already are
+    with_mappings: set[str] = field(default_factory=set)
 
     def add(self, other: Changes) -> None:
         self.new += other.new
@@ -41,6 +46,8 @@ class Changes:
         self.status_changes += other.status_changes
         self.retired += other.retired
         self.returned += other.returned
+        self.touched |= other.touched
+        self.with_mappings |= other.with_mappings
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,9 @@ def apply_page(conn: Connection, dialect_insert: Any, ctx: Context, rows: list[M
             status_history.append({"customer": ctx.customer, "resource_id": key[0], "patch_id": key[1],
                                    "first_seen_at": old[-1], "patch_status": row[_STATUS],
                                    "status_since": ctx.now, "status_snapshot": ctx.snapshot_id})
+    changes.touched.update(str(values["resource_id"]) for values in upserts)
+    changes.with_mappings.update(key[0] for key in listed)
+    changes.with_mappings.update(key[0] for key in stored)
     if upserts:
         stmt = dialect_insert(patch_system_mapping)
         stmt = stmt.on_conflict_do_update(index_elements=["resource_id", "patch_id"],
@@ -165,6 +175,7 @@ def retire(conn: Connection, dialect_insert: Any, ctx: Context, stored: list[tup
         conn.execute(delete(patch_system_mapping).where(
             tuple_(_PSM.resource_id, _PSM.patch_id).in_(keys[start:start + _CHUNK])))
     changes.retired += len(stored)
+    changes.touched.update(str(row[0]) for row in stored)
 
 
 def write_events(conn: Connection, events: list[dict[str, Any]]) -> None:
@@ -198,6 +209,7 @@ def retire_systems(conn: Connection, dialect_insert: Any, ctx: Context, system_i
             retire(conn, dialect_insert, ctx, stored, changes, last_seen=last_seen)
         conn.execute(update(systems).where(s.customer == ctx.customer, s.resource_id.in_(chunk))
                      .values(retired_snapshot=ctx.snapshot_id, retired_at=ctx.now))
+        refresh(conn, chunk)
         changes.events.extend(_event(ctx, rid, None, "system_retired") for rid in chunk)
     write_events(conn, changes.events)
     return changes.retired

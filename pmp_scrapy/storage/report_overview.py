@@ -16,7 +16,8 @@ from pmp_scrapy.reporting.codes import MISSING
 from pmp_scrapy.storage.report_reader import Reader, Scope, iso, number
 from pmp_scrapy.storage.report_sql import status_is_sql
 from pmp_scrapy.storage.report_subjects import cve
-from pmp_scrapy.storage.reports import summary
+from pmp_scrapy.storage.report_tallies import PatchTally
+from pmp_scrapy.storage.reports import tallied_summary
 
 KEPT = 60  # snapshots shown at most
 
@@ -57,9 +58,10 @@ def trend(reader: Reader, customer: str, missing_now: int, *, kept: int = KEPT) 
 
 
 class CveTally:
-    """Systems missing each CVE of the catalog, tallied pair by pair (:meth:`add`) during the
-    summary's pass: a count for a CVE one patch fixes, a set of systems for one that several fix
-    (a system missing two of them is one system). Reads ``dcapi_patch_cves``."""
+    """Systems missing each CVE of the catalog (``dcapi_patch_cves``): for a CVE one patch
+    fixes, that patch's missing systems (the summary's patch tallies); for one that several fix,
+    the distinct systems missing any of them (a system missing two is one system), counted over
+    ``dcapi_missing_pairs``."""
 
     def __init__(self, reader: Reader, customer: str) -> None:
         self.cves_of: dict[str, list[str]] = {}
@@ -68,29 +70,36 @@ class CveTally:
                                customer=customer):
             self.cves_of.setdefault(row["patch_id"], []).append(row["cve_id"])
             self.fixes[row["cve_id"]] = self.fixes.get(row["cve_id"], 0) + 1
-        self.counts: dict[str, int] = {}
-        self.systems: dict[str, set[str]] = {}
 
-    def add(self, rid: str, pid: str) -> None:
-        for cve_id in self.cves_of.get(pid, ()):
-            if self.fixes[cve_id] == 1:
-                self.counts[cve_id] = self.counts.get(cve_id, 0) + 1
-            else:
-                self.systems.setdefault(cve_id, set()).add(rid)
+    def missing(self, reader: Reader, scope: Scope, patches: dict[str, PatchTally]) -> dict[str, int]:
+        """CVE id -> systems missing a patch that fixes it, in scope."""
+        counts = {cve_id: tally.systems for pid, tally in patches.items()
+                  for cve_id in self.cves_of.get(pid, ()) if self.fixes[cve_id] == 1}
+        shared = {pid for pid, cve_ids in self.cves_of.items() if any(self.fixes[c] > 1 for c in cve_ids)}
+        if shared:
+            # The pairs of those patches (a covering range of idx_dcapi_missing_patch each), united
+            # per CVE here: SQLite plans the join with a COUNT(DISTINCT) as a scan of every pair.
+            where, params = reader.severity_filter(scope)
+            systems: dict[str, set[str]] = {}
+            for pid, rid in reader.stream("SELECT patch_id, resource_id FROM dcapi_missing_pairs WHERE customer = "
+                                          f":customer AND patch_id IN :ids{where}", customer=scope.customer,
+                                          ids=sorted(shared & set(patches)), **params):
+                for cve_id in self.cves_of[pid]:
+                    if self.fixes[cve_id] > 1:
+                        systems.setdefault(cve_id, set()).add(rid)
+            counts.update((cve_id, len(found)) for cve_id, found in systems.items())
+        return counts
 
-    def missing(self) -> dict[str, int]:
-        """CVE id -> systems missing a patch that fixes it."""
-        return {**self.counts, **{cve_id: len(found) for cve_id, found in self.systems.items()}}
 
-
-def cve_overview(reader: Reader, scope: Scope, tally: CveTally | None) -> dict[str, Any]:
+def cve_overview(reader: Reader, scope: Scope, tally: CveTally | None,
+                 patches: dict[str, PatchTally]) -> dict[str, Any]:
     """The catalog's CVEs for the scope: how many, how many affect a present system, how many a
     system still misses a fix for, and the ``scope.top`` CVEs missing on most systems (each the
     ``--cve`` answer). ``{"cve_data": "unavailable"}`` without a catalog (``tally`` None)."""
     if tally is None:
         return {"cve_data": "unavailable"}
     where, params = reader.severity_filter(scope)
-    missing = tally.missing()
+    missing = tally.missing(reader, scope, patches)
     [affecting] = reader.rows(
         "SELECT COUNT(DISTINCT c.cve_id) AS n FROM dcapi_patch_cves c WHERE c.customer = :customer AND EXISTS "
         f"(SELECT 1 FROM dcapi_v_mappings v WHERE v.customer = c.customer AND v.patch_id = c.patch_id{where})",
@@ -103,9 +112,9 @@ def cve_overview(reader: Reader, scope: Scope, tally: CveTally | None) -> dict[s
 
 
 def overview(reader: Reader, scope: Scope) -> dict[str, Any]:
-    """``{"summary", "trend", "cves"}`` of the scope's customer: the HTML report's section. One
-    pass over the missing rows serves the summary and the CVE tally."""
+    """``{"summary", "trend", "cves"}`` of the scope's customer: the HTML report's section. The
+    summary's patch tallies serve the CVE overview too."""
     tally = CveTally(reader, scope.customer) if reader.has_catalog(scope.customer) else None
-    answer = summary(reader, scope, observe=tally.add if tally is not None else None)
+    answer, patches = tallied_summary(reader, scope)
     return {"summary": answer, "trend": trend(reader, scope.customer, answer["missing_pairs"]),
-            "cves": cve_overview(reader, scope, tally)}
+            "cves": cve_overview(reader, scope, tally, patches)}

@@ -12,7 +12,6 @@ from sqlalchemy import (
     REAL,
     TIMESTAMP,
     Column,
-    Connection,
     Index,
     Integer,
     MetaData,
@@ -20,7 +19,6 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    inspect,
     text,
 )
 
@@ -32,7 +30,6 @@ metadata = MetaData()
 _now = text("CURRENT_TIMESTAMP")
 
 # --- the seed's tables (spec "Database Schema"): do not change ----------------------------
-
 patch_system_mapping = Table(
     "patch_system_mapping",
     metadata,
@@ -87,7 +84,6 @@ gaps = Table(
 Index("idx_dcapi_gaps_snapshot", gaps.c.snapshot_id)
 
 # --- the project's own tables ------------------------------------------------------------------
-
 snapshots = Table(
     "dcapi_snapshots",
     metadata,
@@ -133,6 +129,7 @@ systems = Table(
 )
 Index("idx_dcapi_systems_present", systems.c.customer, systems.c.retired_at)
 Index("idx_dcapi_systems_snapshot", systems.c.customer, systems.c.last_seen_snapshot)
+Index("idx_dcapi_systems_resource", systems.c.resource_id)  # mappings carry no customer: the roll-ups' way in
 
 # The totalRecords each page of a snapshot was last answered with: pages answered before the
 # tenant changed mid-sweep are read again before the snapshot counts as complete.
@@ -181,7 +178,6 @@ runs = Table(
 Index("idx_dcapi_runs_customer", runs.c.customer, runs.c.run_id)
 
 # --- history: written only when something changes (first seen, status change, retirement) ------
-
 mapping_history = Table(
     "dcapi_mapping_history",
     metadata,
@@ -226,7 +222,6 @@ Index("idx_dcapi_events_snapshot", mapping_events.c.snapshot_id)
 Index("idx_dcapi_events_customer_snapshot", mapping_events.c.customer, mapping_events.c.snapshot_id)  # report trend
 
 # --- the patch catalog (/dcapi/threats/patches): CVE ids per patch --------------------------------
-
 patch_catalog = Table(
     "dcapi_patch_catalog",
     metadata,
@@ -256,8 +251,42 @@ patch_cves = Table(
 )
 Index("idx_dcapi_patch_cves_cve", patch_cves.c.cve_id)
 
-# --- shared limits of one tenant across runs ------------------------------------------------------
+# --- roll-ups (pmp_scrapy.storage.rollup keeps them in the batch-commit transaction) -------------
+# dcapi_v_mappings per present system with a mapping (their count is the coverage); dcapi_v_missing's pairs
+_SEVERITY_COLUMNS = ("critical", "important", "moderate", "low", "unrated")
+system_rollup = Table(
+    "dcapi_system_rollup",
+    metadata,
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("resource_id", Text, nullable=False),
+    *(Column(name, Integer, nullable=False) for name in ("mappings", "installed", "missing")),
+    *(Column(f"missing_{name}", Integer, nullable=False) for name in (*_SEVERITY_COLUMNS, "other")),
+    *(Column(f"oldest_{name}_since", TIMESTAMP) for name in ("missing", *_SEVERITY_COLUMNS)),
+    PrimaryKeyConstraint("customer", "resource_id"),
+)
+missing_pairs = Table(
+    "dcapi_missing_pairs",
+    metadata,
+    Column("customer", Text, nullable=False, server_default=""),
+    Column("resource_id", Text, nullable=False),
+    Column("patch_id", Text, nullable=False),
+    Column("severity_name", Text, nullable=False),
+    Column("missing_since", TIMESTAMP),
+    PrimaryKeyConstraint("customer", "resource_id", "patch_id"),
+)
+# Covering ranges: per patch (most missed, SLA per patch) and per severity by age (SLA counts, breaches)
+_MP = missing_pairs.c
+Index("idx_dcapi_missing_patch", _MP.customer, _MP.patch_id, _MP.severity_name, _MP.missing_since, _MP.resource_id)
+Index("idx_dcapi_missing_age", _MP.customer, _MP.severity_name, _MP.missing_since, _MP.resource_id, _MP.patch_id)
+rollup_state = Table(  # which definition built the roll-ups: another one (or none) rebuilds them at open
+    "dcapi_rollup_state",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("definition", Text, nullable=False),
+    Column("built_at", TIMESTAMP, server_default=_now),
+)
 
+# --- shared limits of one tenant across runs ------------------------------------------------------
 token_mints = Table(
     "dcapi_token_mints",
     metadata,
@@ -269,23 +298,3 @@ token_mints = Table(
 Index("idx_dcapi_token_mints_client", token_mints.c.client_key, token_mints.c.minted_at)
 
 SEED_TABLES = frozenset({patch_system_mapping.name, checkpoints.name, gaps.name})
-
-
-def add_missing_columns(conn: Connection) -> list[str]:
-    """Add the nullable columns a database made by an earlier version of the project lacks, to
-    the project's own tables only (the seed's tables are never altered). Returns what was added
-    as ``table.column``."""
-    inspector = inspect(conn)
-    present_tables = set(inspector.get_table_names())
-    added: list[str] = []
-    for table in metadata.sorted_tables:
-        if table.name in SEED_TABLES or table.name not in present_tables:
-            continue
-        have = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in have or not column.nullable or column.primary_key:
-                continue
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-            added.append(f"{table.name}.{column.name}")
-    return added

@@ -8,9 +8,11 @@ Every wait for the database is bounded by one timeout, ``PMP_DB_TIMEOUT`` (``tim
   share it) and once per write transaction after that.
 - PostgreSQL: ``connect_timeout``; ``lock_timeout`` (the timeout) and ``statement_timeout``
   (twice the timeout) unless the database or role sets its own; TCP keepalives and
-  ``tcp_user_timeout``; and a client-side limit (:mod:`pmp_scrapy.storage.watchdog`): a call
-  unanswered after ``statement_timeout`` + the timeout has its connection cut, for a server
-  that stops answering while its TCP connection stays up.
+  ``tcp_user_timeout``; and client-side limits (:mod:`pmp_scrapy.storage.watchdog`): a call
+  unanswered for a second has the server probed beside it (:mod:`pmp_scrapy.storage.liveness`),
+  and is cut once a probe gets no answer within the timeout, or in any case after
+  ``statement_timeout`` + the timeout: a server that stops answering while its TCP connection
+  stays up ends the run about one timeout after it stopped, not one per remaining call.
 
 A file that is not an SQLite database is refused before anything is changed (not even its
 mode), and a directory SQLite cannot create its journal in is named as such.
@@ -43,8 +45,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pmp_scrapy.errors import NoDatabase, StorageError
-from pmp_scrapy.storage.schema import add_missing_columns, metadata
+from pmp_scrapy.storage.schema import metadata
 from pmp_scrapy.storage.schema_check import schema_problems
+from pmp_scrapy.storage.schema_upgrade import build_rollups, upgrade_schema
 from pmp_scrapy.storage.sqlite_file import (
     check_sqlite_file,
     directory_problem,
@@ -263,11 +266,12 @@ def _create_schema(engine: Engine, path: Path | None, started: float, busy_timeo
                     # Two jobs starting together would race on CREATE TABLE otherwise.
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(conn, checkfirst=True)
-                add_missing_columns(conn)
+                upgrade_schema(conn)
                 problem = schema_problems(conn)
                 if problem is not None:
                     raise StorageError(problem)
                 create_views(conn)
+                build_rollups(conn)
         finally:
             if raw is not None:
                 raw.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")

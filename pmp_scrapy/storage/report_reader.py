@@ -29,7 +29,7 @@ from pmp_scrapy.storage.views import with_views
 #: Tables the views read; an older database lacks some until a crawl of this version opens it.
 REPORT_TABLES = ("patch_system_mapping", "dcapi_systems", "dcapi_snapshots", "dcapi_mapping_history",
                  "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_mapping_events",
-                 "dcapi_extraction_checkpoints")
+                 "dcapi_extraction_checkpoints", "dcapi_system_rollup", "dcapi_missing_pairs")
 TOP = 10  # entries of the summary's lists unless --limit says otherwise
 
 

@@ -9,6 +9,12 @@ inventory, catalog, customers; every request without the ``pmp_side_request`` me
   climbing sharply: doubled up to ``PMP_PACE_MAX_DELAY``) and eased back as answers come back
   good. A slow PMP never lowers the rate: that is AutoThrottle's behaviour, which this replaces
   (keep ``AUTOTHROTTLE_ENABLED = False``; both adjusting one slot would fight).
+- **spacing as the server sees it**: Scrapy spaces a slot's requests when it hands them to the
+  download handler; a request is written later, when the connection pool hands it a connection
+  (a new one connects first; a reactor busy with a page delays the hand-over), so a late request
+  followed by one on time can land closer together than the spacing. The project's download
+  handler (:mod:`pmp_scrapy.http`) therefore also spaces the hand-overs to the host, by
+  :meth:`Pacer.spacing`.
 - **requests in flight**: the slot's ``concurrency`` is enough to sustain that spacing at the
   observed latency (``latency / delay + 1``, :func:`pmp_scrapy.pacing.in_flight_target`), at
   most ``PMP_MAX_IN_FLIGHT``. ``CONCURRENT_REQUESTS`` caps the downloader as a whole and must
@@ -150,6 +156,13 @@ class Pacer:
             self._back_off(paced, reason, sent_at, now)
         self.crawler.stats.max_value("pmp/pace/max_in_flight", len(paced.slot.transferring))
         self._apply(paced)
+
+    def spacing(self, host: str) -> float:
+        """The spacing (s) kept between requests written to ``host`` (read by
+        :mod:`pmp_scrapy.http` at each connection hand-over): the paced slot's current delay,
+        0 for a host this pacer does not pace."""
+        paced = self._slots.get(host)
+        return paced.pace.delay if paced is not None else 0.0
 
     # --- helpers ---------------------------------------------------------------------------------
     def _overload(self, paced: _PacedSlot, response: Response, seconds: float | None) -> str | None:

@@ -58,10 +58,14 @@ def _inserts(dialect: str, where: str) -> tuple[str, str]:
     """The two statements that fill the roll-ups for the systems ``where`` selects (a condition
     on ``resource_id``)."""
     columns = _system_columns()
-    systems = (with_views(dialect, "dcapi_v_mappings")
+    # The rows picked once (MATERIALIZED): inlined, "missing since" (a history lookup) would be
+    # evaluated once per aggregate naming it, six times a missing row.
+    picked = ("picked AS MATERIALIZED (SELECT customer, resource_id, is_installed, is_missing, severity_name, "
+              f"missing_since FROM dcapi_v_mappings WHERE {where})")
+    systems = (with_views(dialect, "dcapi_v_mappings").rstrip() + f",\n{picked}\n"
                + f"INSERT INTO dcapi_system_rollup ({', '.join(name for name, _ in columns)})\n"
                + f"SELECT {', '.join(expression for _, expression in columns)}\n"
-               + f"FROM dcapi_v_mappings WHERE {where} GROUP BY customer, resource_id")
+               + "FROM picked GROUP BY customer, resource_id")
     pairs = (with_views(dialect, "dcapi_v_missing")
              + "INSERT INTO dcapi_missing_pairs (customer, resource_id, patch_id, severity_name, missing_since)\n"
              + f"SELECT customer, resource_id, patch_id, severity_name, missing_since FROM dcapi_v_missing WHERE {where}")

@@ -355,7 +355,7 @@ def plan_queries(picked: dict[str, str], dialect: str) -> list[tuple[str, str, t
     moment = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=15)
     since: Any = moment if dialect == "postgresql" else moment.isoformat(sep=" ")
     pairs = "FROM dcapi_missing_pairs WHERE customer = ''"
-    refresh = _inserts(dialect, f"resource_id IN ({', '.join(str(20001 + i) for i in range(30))})")
+    refresh = _inserts(dialect, "resource_id IN (" + ", ".join(f"'{20001 + i}'" for i in range(30)) + ")")
     return [
         ("summary: the systems' roll-up rows", "SELECT * FROM dcapi_system_rollup WHERE customer = '' AND missing > 0",
          (), {}),

@@ -3,12 +3,14 @@
 :class:`RunState` is what the store reads about a customer before a run; :func:`decide` turns it
 and the configuration into a :class:`PlanDecision` (continue the snapshot, retry its gaps only,
 or start a new one, and why); :func:`make_plan` turns the decision and the snapshot id into the
-:class:`RunPlan` the spider follows. :class:`Watermark` is the highest page such that every page
+:class:`RunPlan` the spider follows (a new snapshot expects the page count of the one before,
+:func:`expected_pages`). :class:`Watermark` is the highest page such that every page
 up to it is committed or a gap.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -75,6 +77,9 @@ class RunPlan:
     abandoned: int | None = None  # the running snapshot this new one replaced
     #: page -> totalRecords it was answered with, in earlier runs of this snapshot
     known_page_totals: dict[int, int] = field(default_factory=dict)
+    #: a new snapshot's page count as the previous snapshot suggests it (a guess, not a fact: the
+    #: spider asks for these pages before the first answer and drops answers past the real end)
+    expected_total_pages: int | None = None
 
     def planned_pages(self, total_pages: int | None) -> int | None:
         """Pages this run will settle: its range of new pages plus the gaps it retries, or
@@ -180,6 +185,17 @@ def format_age(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def expected_pages(state: RunState, page_limit: int) -> int | None:
+    """The page count a new snapshot of ``page_limit`` systems a page can expect: the latest
+    snapshot's own count at the same page size, else its ``totalRecords`` at the new size;
+    ``None`` when it never learnt either."""
+    if state.total_pages and state.page_limit == page_limit:
+        return state.total_pages
+    if state.total_records and page_limit > 0:
+        return math.ceil(state.total_records / page_limit)
+    return None
+
+
 def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_pages: int,
               page_limit: int) -> RunPlan:
     """The plan of ``decision`` for ``snapshot_id`` (a new one when the decision says so). A new
@@ -187,13 +203,15 @@ def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_p
     first = decision.first_page
     batch_end = first + batch_pages - 1 if (first is not None and batch_pages) else None
     new = decision.new_snapshot_reason is not None
+    limit = page_limit if new or not state.page_limit else state.page_limit
     return RunPlan(
         snapshot_id=snapshot_id, first_page=first, batch_end=batch_end,
         retry_pages=list(decision.retry_pages),
         known_total_pages=None if new else state.total_pages,
         known_managed_total=state.managed_total, new_snapshot=new,
         watermark=Watermark((first or 1) - 1),
-        page_limit=page_limit if new or not state.page_limit else state.page_limit,
+        page_limit=limit,
         known_page_totals={} if new else dict(state.page_totals),
         abandoned=decision.abandon if new else None,
+        expected_total_pages=expected_pages(state, limit) if new and first is not None else None,
     )

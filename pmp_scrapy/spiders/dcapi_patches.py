@@ -29,6 +29,7 @@ from pmp_scrapy.run import find_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.spiders.catalog_requests import CatalogRequests
 from pmp_scrapy.spiders.inventory import INVENTORY_PATH, InventoryRequests
+from pmp_scrapy.spiders.page_plan import PagePlanning
 from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
@@ -45,14 +46,13 @@ logger = logging.getLogger(__name__)
 PAGE_PATH = "/dcapi/threats/systemreport/patches"
 
 
-class DcapiPatchesSpider(CatalogRequests, InventoryRequests, scrapy.Spider):
+class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrapy.Spider):
     """Sweeps ``/dcapi/threats/systemreport/patches`` page by page.
 
     Arguments (``-a``): ``reset=1`` starts a new snapshot, ``demo=1`` runs against the built-in
     simulator, ``customer=NAME`` scopes every request to one MSP customer."""
 
     name = "dcapi_patches"
-    MAX_PROBES = 3
 
     MAX_REREAD_ROUNDS = 3  # re-reads of pages the tenant shifted past, per run
     _page_totals: dict[int, int]  # page -> totalRecords it was answered with, this run
@@ -127,6 +127,7 @@ class DcapiPatchesSpider(CatalogRequests, InventoryRequests, scrapy.Spider):
         self._total_pages = plan.known_total_pages
         self._last_total_records: int | None = None
         self._requested_through = 0
+        self._expecting = False
         if self.config.total_systems is None:
             yield scrapy.Request(
                 self._url(INVENTORY_PATH, {"page": 1, "pagelimit": 1}),
@@ -145,52 +146,8 @@ class DcapiPatchesSpider(CatalogRequests, InventoryRequests, scrapy.Spider):
                     yield request
         for request in self._catalog_start():
             yield request
-
-    def _last_wanted_page(self) -> int | None:
-        plan = self.plan
-        if plan is None or plan.first_page is None or self._total_pages is None:
-            return None
-        last = self._total_pages
-        if plan.batch_end is not None:
-            last = min(last, plan.batch_end)
-        return last
-
-    def _more_pages(self) -> Iterator[scrapy.Request]:
-        """Requests for pages not yet asked for, up to the batch end and the last page."""
-        last = self._last_wanted_page()
-        if last is None:
-            yield from self._probe()
-            return
-        while self._requested_through < last:
-            self._requested_through += 1
-            yield self.page_request(self._requested_through)
-
-    def _probe(self) -> Iterator[scrapy.Request]:
-        """The page count is unknown because the first pages failed: try the next page, a few
-        times at most, so one broken page does not end the sweep."""
-        plan = self.plan
-        if plan is None or plan.first_page is None or self._total_pages is not None:
-            return
-        following = self._requested_through + 1
-        if following - plan.first_page >= self.MAX_PROBES:
-            logger.error("no page answered with a page count after %d pages; giving up this run",
-                         self.MAX_PROBES, extra={"event_type": "probe_exhausted"})
-            return
-        if plan.batch_end is None or following <= plan.batch_end:
-            self._requested_through = following
-            yield self.page_request(following)
-
-    def _learn_total(self, total_pages: int, total_records: int) -> None:
-        if self._total_pages is not None and total_pages != self._total_pages:
-            logger.warning(
-                "the server now reports %d pages (was %d); the sweep follows the new count",
-                total_pages, self._total_pages,
-                extra={"event_type": "total_pages_changed", "old": self._total_pages, "new": total_pages},
-            )
-        self._total_pages = total_pages
-        self._last_total_records = total_records
-        self.crawler.stats.set_value("pmp/total_pages", total_pages)
-        self.crawler.stats.set_value("pmp/total_records", total_records)
+        async for request in self._expected_pages():
+            yield request
 
     # --- callbacks ---------------------------------------------------------------------------------
     def parse_page(self, response: Response) -> Iterator[Any]:
@@ -204,22 +161,27 @@ class DcapiPatchesSpider(CatalogRequests, InventoryRequests, scrapy.Spider):
         if self._refused_customer(response):
             return
         if response.status != 200:
-            yield self._gap(page, gap_type_for_status(response.status),
-                            f"HTTP {response.status} after {self._attempts(response.meta)} attempt(s)",
-                            response.meta, response.body, response.status)
+            if not self._past_the_end(page, retried, f"answered HTTP {response.status}"):
+                yield self._gap(page, gap_type_for_status(response.status),
+                                f"HTTP {response.status} after {self._attempts(response.meta)} attempt(s)",
+                                response.meta, response.body, response.status)
         else:
             try:  # checked against the request; any failure to read the page is the page's gap
                 envelope = parse_envelope(response.body, page, self.plan.page_limit)
                 rows = page_rows(envelope.systems, page)
             except PayloadError as exc:
-                yield self._gap(page, exc.error_type, str(exc), response.meta, response.body, 200)
+                if not self._past_the_end(page, retried, f"could not be read ({exc.error_type})"):
+                    yield self._gap(page, exc.error_type, str(exc), response.meta, response.body, 200)
             except Exception as exc:  # noqa: BLE001 - our own failure too: a gap, not a traceback
                 yield self._gap(page, "invalid_payload", f"the page could not be read: {type(exc).__name__} ({exc})",
                                 response.meta, response.body, 200)
             else:
+                self._learn_total(envelope.total_pages, envelope.total_records)
+                if self._past_the_end(page, retried, "answered with no systems" if not envelope.systems
+                                      else f"answered with {len(envelope.systems)} systems"):
+                    return  # nothing follows from it: pages up to the end are asked for already
                 for kind, count in rows.repaired.items():
                     self.crawler.stats.inc_value(f"pmp/values_repaired/{kind}", count)
-                self._learn_total(envelope.total_pages, envelope.total_records)
                 self._page_totals[page] = envelope.total_records
                 if not envelope.systems and page < envelope.total_pages:
                     logger.warning("page %d of %d has no systems", page, envelope.total_pages,
@@ -241,6 +203,8 @@ class DcapiPatchesSpider(CatalogRequests, InventoryRequests, scrapy.Spider):
             return  # the run is stopping (authentication); the page stays unclaimed
         page = request.meta["pmp_page"]
         message = f"{failure.type.__name__}: {redact(str(failure.value))[:200]}"
+        if self._past_the_end(page, request.meta.get("pmp_retried_gap", False), f"failed ({failure.type.__name__})"):
+            return
         yield self._gap(page, gap_type_for_failure(failure), message, request.meta, None, None)
         if not request.meta.get("pmp_retried_gap"):
             yield from self._more_pages()

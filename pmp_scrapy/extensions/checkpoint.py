@@ -31,6 +31,7 @@ from pmp_scrapy.config import get_config
 from pmp_scrapy.coverage import target_met
 from pmp_scrapy.credentials import resolve_secret
 from pmp_scrapy.errors import StorageError
+from pmp_scrapy.lock_share import lent_lock
 from pmp_scrapy.logformat import set_log_context
 from pmp_scrapy.masking import register_operator_host
 from pmp_scrapy.outcome import SKIPPED_REASON, TARGET_MET_REASON, RunFacts, decide_outcome
@@ -123,13 +124,15 @@ class Checkpoints(RunOwner):
 
     def _take_tenant_lock(self) -> None:
         """One sweeping run per tenant (PMP host + credentials): a run that finds the lock held
-        sends nothing and exits 0 (``run_skipped``). Also shares Zoho's token budget with every
+        sends nothing and exits 0 (``run_skipped``); a customer of a ``customer=all`` job runs
+        under the job's lock (:mod:`pmp_scrapy.lock_share`). Also shares Zoho's token budget with every
         other run of the client through the database."""
         run = self.run
         assert run is not None
         credential = resolve_secret("PMP_API_KEY" if self.config.auth == "apikey" else "PMP_CLIENT_ID",
                                     self.crawler.settings) or ""
-        held = acquire_tenant_lock(self.config.database_url, tenant_key(self.config.base_url, credential))
+        held = lent_lock(self.crawler) or acquire_tenant_lock(self.config.database_url,
+                                                              tenant_key(self.config.base_url, credential))
         if isinstance(held, LockHeld):
             self._leave_database_alone = True  # the run that holds the lock records its own outcome
             run.abort(SKIPPED_REASON, f"another run of this tenant is in progress ({held.describe()}); "

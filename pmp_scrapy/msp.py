@@ -5,14 +5,15 @@ crawler process and reactor, one crawl after another:
 
 1. **Discovery** (:class:`CustomerListSpider`, a crawler of its own without the checkpoint
    extension, the pipeline, Slack, the hook or the progress bar): takes the tenant's run lock
-   (held by another run: the job is skipped, exit 0, ``run_skipped``, nothing sent), asks
+   (held by another run: the job is skipped, exit 0, ``run_skipped``, nothing sent) and asks
    ``GET {PMP_BASE_URL}/api/1.4/desktop/customers`` as every PMP request is asked (the token or
-   API-key middleware authorises it, the pacer paces it, the retry middleware retries it), and
-   gives the lock back.
+   API-key middleware authorises it, the pacer paces it, the retry middleware retries it). The
+   job holds that lock until its last customer's crawl is over, lending it to each customer's
+   crawl (:mod:`pmp_scrapy.lock_share`): no other run of the tenant starts between customers.
 2. **The selection** is resolved against that list (:func:`pmp_scrapy.customers.resolve`): a name
    the server does not list is a configuration error before any sweep.
 3. **One** ``dcapi_patches`` **crawler per customer**, each with ``customer=<name>`` and the
-   job's other spider arguments, its own run record, snapshot, gaps, coverage, outcome, lock,
+   job's other spider arguments, its own run record, snapshot, gaps, coverage, outcome,
    ``dcapi_runs`` row, Slack messages and hook: what a one-customer job does. They share one
    :class:`~pmp_scrapy.middlewares.auth.SharedToken` (the discovery's token serves every
    customer while it is fresh: one token for the job) and one rate: one crawler runs at a time,
@@ -52,6 +53,7 @@ from pmp_scrapy.customers import (
     resolve,
 )
 from pmp_scrapy.errors import ConfigError, StorageError
+from pmp_scrapy.lock_share import lend_lock
 from pmp_scrapy.middlewares.auth import SharedToken, share_token
 from pmp_scrapy.msp_discovery import CustomerListSpider, Discovery
 from pmp_scrapy.outcome import FATAL_REASONS, SKIPPED_REASON, TARGET_MET_REASON
@@ -59,6 +61,7 @@ from pmp_scrapy.pacing import paced_delay
 from pmp_scrapy.run import find_run
 from pmp_scrapy.storage.locks import LockHeld, acquire_tenant_lock, fingerprint, tenant_key
 from pmp_scrapy.storage.token_mints import claim_mint
+from pmp_scrapy.storage.watchdog import call_within
 
 if TYPE_CHECKING:
 
@@ -109,6 +112,7 @@ class CustomerSweep:
         self._task = asyncio.get_event_loop().create_task(self._sweep())
         _reactor().addSystemEventTrigger("before", "shutdown", self._reactor_stopping)
         self.process.start(stop_after_crawl=False)  # _sweep stops the reactor when done
+        self._release_lock()  # stopped by a signal before _sweep's own release
         self.shared.forget()
 
     def _reactor_stopping(self) -> Deferred[Any] | None:
@@ -139,6 +143,8 @@ class CustomerSweep:
                     return
                 crawler = self.process.create_crawler(self.spider_name)
                 share_token(crawler, self.shared)
+                if self.discovery.lock is not None:
+                    lend_lock(crawler, self.discovery.lock)
                 crawler.signals.connect(self._closed_reason(name), signal=signals.spider_closed, weak=False)
                 self._current = (name, crawler)
                 await self._crawl(crawler, customer=name, **self.arguments)
@@ -154,8 +160,17 @@ class CustomerSweep:
             logger.exception("the customer sweep failed", extra={"event_type": "customer_sweep_failed"})
             self.failure = f"the customer sweep failed: {type(exc).__name__}: {exc}"
         finally:
+            self._release_lock()
             with contextlib.suppress(RuntimeError):  # already stopping
                 _reactor().stop()
+
+    def _release_lock(self) -> None:
+        """Give the tenant's lock back (after the last customer's commit): the next run may start.
+        Bounded: a PostgreSQL that stopped answering frees the lock itself when the session goes."""
+        lock, self.discovery.lock = self.discovery.lock, None
+        if lock is not None and not call_within(lock.release, 15.0):
+            logger.warning("the run lock was not released: the database does not answer (it frees the lock "
+                           "when the session ends)", extra={"event_type": "run_lock_release_failed"})
 
     async def _crawl(self, crawler: Crawler, **arguments: Any) -> None:
         """One crawl, to its end; a crawl that cannot start is logged (its customer then has no

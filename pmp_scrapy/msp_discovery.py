@@ -33,7 +33,8 @@ CUSTOMERS_PATH = "/api/1.4/desktop/customers"
 @dataclass
 class Discovery:
     """What the discovery crawl found: the customer ``names``, or why not: ``skipped`` (another
-    run holds the tenant's lock: exit 0) or ``error`` (exit 1)."""
+    run holds the tenant's lock: exit 0) or ``error`` (exit 1); and the tenant's ``lock``, which
+    the job holds from the discovery to its end."""
 
     names: list[str] | None = None
     skipped: str | None = None
@@ -96,9 +97,6 @@ class CustomerListSpider(scrapy.Spider):
         self.sweep.discovery.error = f"cannot list the customers of the PMP server: {failure.type.__name__}"
 
     def closed_discovery(self, spider: scrapy.Spider, reason: str) -> None:
-        found = self.sweep.discovery
-        if found.lock is not None:
-            found.lock.release()  # the first customer's crawl takes it again
-            found.lock = None
+        found = self.sweep.discovery  # the lock, if taken, stays with the job (CustomerSweep)
         if found.names is None and found.skipped is None and found.error is None:
             found.error = f"cannot list the customers of the PMP server: the request did not complete ({reason}; see the log)"

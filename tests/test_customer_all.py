@@ -9,6 +9,7 @@ the simulator."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, crawl_env, expected_table, max_requests_in_window, scrapy_command, scrapy_env
+from conftest import (
+    ROOT,
+    crawl_env,
+    expected_table,
+    max_requests_in_window,
+    scrapy_command,
+    scrapy_env,
+)
 from test_storage import url_mapping_table, url_rows
 
 from pmp_scrapy.customers import (
@@ -33,7 +41,7 @@ from pmp_scrapy.customers import (
 )
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, DatasetSpec, Fault, Scenario, Simulator
-from pmp_scrapy.storage.locks import acquire_tenant_lock, tenant_key
+from pmp_scrapy.storage.locks import LockHeld, acquire_tenant_lock, tenant_key
 from pmp_scrapy.summary import WIDTH, customers_summary
 
 # Three customers of a few pages each (in the server's order), different data (seeds, prefixes).
@@ -239,6 +247,35 @@ def test_customer_all_skips_at_once_without_a_request_while_another_run_holds_th
     [skipped] = log_events(tmp_path, "run_skipped")
     assert skipped["holder_pid"] is not None and skipped["holder_host"]
 
+
+
+def test_the_job_holds_the_tenant_lock_between_its_customers(tmp_path: Path) -> None:
+    """One lock for the job's life: a second run of the tenant started after the first customer's
+    run is over and before the second's opens (tests/lock_probe.py runs it at that moment) exits
+    0 at once with run_skipped and sends nothing; the job sweeps all three, and frees the lock."""
+    db = tmp_path / "pmp.db"
+    probe = tmp_path / "second_run.json"
+    with Simulator(scenario=Scenario(customers=CUSTOMERS)) as sim:
+        env = crawl_env(sim, db, PMP_BATCH_PAGES=0, LOG_FILE=tmp_path / "pmp.log", LOCK_PROBE_OUT=probe,
+                        PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}", SCRAPY_SETTINGS_MODULE="lock_probe")
+        result = scrapy_command(["crawl", "dcapi_patches", "-a", "customer=all"], env=env, timeout=240)
+        requests = sim.requests
+        key = tenant_key(sim.url, DEMO_CREDENTIALS["client_id"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "pmp_scrapy: exit 0: 3 customer(s): 3 done", (result.stdout, result.stderr[-2000:])
+    second = json.loads(probe.read_text())
+    assert second["code"] == 0, second
+    assert second["stdout"].startswith("pmp_scrapy: exit 0: another run of this tenant is in progress (held since ")
+    skipped = [r for r in map(json.loads, Path(f"{probe}.log").read_text().splitlines())
+               if r.get("event_type") == "run_skipped"]
+    assert any(r.get("holder_pid") is not None for r in skipped), skipped
+    # The job's requests only: one token, the list, each customer once; the second run sent nothing.
+    assert [r.kind for r in requests if r.kind in ("token", "customers")] == ["token", "customers"]
+    globex = [r.page for r in requests if r.kind == "page" and r.customer == "Globex"]
+    assert sorted(globex) == list(range(1, 4))
+    held = acquire_tenant_lock(f"sqlite:///{db}", key)  # the job freed it when it ended
+    assert not isinstance(held, LockHeld)
+    held.release()
 
 
 def test_a_signal_stops_the_job_once_the_customer_in_progress_recorded_its_run(tmp_path: Path) -> None:

@@ -154,3 +154,67 @@ async def test_webhook_url_never_reaches_the_log(crawl_against: CrawlAgainst, lo
     crawled = [r for r in json_log_lines(log_file)
                if r["message"].startswith("Crawled (200) <POST") and "/oauth/" not in r["message"]]
     assert crawled and all("[secret]" in r["message"] for r in crawled)
+
+
+class DroppingSlack:
+    """A webhook receiver that closes the first connection after reading its request, without
+    an answer (as a receiver that closed an idle kept-alive connection looks to the client),
+    and answers every later one 200 ``ok``."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.posts: list[bytes] = []
+        self.dropped = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/services/T0/B0/hookSecret0123456789"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    request += chunk
+                if not self.dropped:
+                    self.dropped += 1
+                    continue  # closed without a word
+                self.posts.append(request)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_only_a_failure_before_any_answer_is_retried() -> None:
+    from scrapy.exceptions import DownloadConnectionRefusedError, DownloadFailedError, DownloadTimeoutError
+
+    from pmp_scrapy.extensions.slack import retry_post
+
+    assert retry_post(DownloadFailedError("connection lost")) and retry_post(DownloadConnectionRefusedError())
+    assert not retry_post(DownloadTimeoutError()) and not retry_post(ValueError())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_whose_connection_fails_before_an_answer_is_sent_once_more(
+        crawl_against: CrawlAgainst) -> None:
+    receiver = DroppingSlack()
+    try:
+        with Simulator(scenario=Scenario(dataset=TEN_PAGES)) as sim:
+            result = await crawl_against(sim, env=slack_env(sim, receiver.url), PMP_SLACK_MIN_INTERVAL=0)
+    finally:
+        receiver.close()
+    assert result.exit_code == 0
+    assert receiver.dropped == 1 and result.stats["pmp/slack/retried"] == 1
+    assert "pmp/slack/failed" not in result.stats
+    assert result.stats["pmp/slack/sent"] == len(receiver.posts) >= 2
+    assert b"extraction started" in receiver.posts[0]  # the dropped first message, sent again
+    assert all(b"\r\nconnection: close\r\n" in post.lower() for post in receiver.posts)

@@ -11,8 +11,11 @@ batch complete (with the progress block), target met, fatal end. At most one mes
 end of a run the last message waits out the interval (at most that long) rather than break it.
 A run that finds the target already met sends nothing.
 
-Posts go through Scrapy's engine (``engine.download_async``, its own download slot, no retry)
-and never block or stop extraction: every failure is a warning; a 404 or 410 means the webhook
+Posts go through Scrapy's engine (``engine.download_async``, its own download slot) and never
+block or stop extraction. Each post asks for ``Connection: close`` (posts are a minute apart:
+a connection kept idle in the pool that long is one the receiver may have closed, and the
+project's download handler never re-sends silently), and is tried once more at once when the
+connection fails before an answer (:func:`retry_post`); every other failure is a warning; a 404 or 410 means the webhook
 is gone and disables Slack for the rest of the run. Once the engine is closing (the last batch
 commit, the run summary), ``download_async`` cannot be used: Scrapy 2.19 performs the download
 but then raises ``AlreadyCalledError`` from the closing engine slot, losing the response. Those
@@ -21,7 +24,7 @@ last posts go to the engine's downloader directly (same middlewares, slot and ti
 
 Reads ``SLACK_WEBHOOK_URL``, ``PMP_SLACK_MIN_INTERVAL`` and the run record. Listens to
 ``engine_started``, ``batch_committed``, ``run_finished``. Writes stats ``pmp/slack/sent``,
-``pmp/slack/failed``, ``pmp/slack/disabled``.
+``pmp/slack/failed``, ``pmp/slack/retried``, ``pmp/slack/disabled``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from scrapy import signals
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import DownloadConnectionRefusedError, DownloadFailedError, NotConfigured
 from scrapy.http import JsonRequest
 from scrapy.http.request import NO_CALLBACK
 from scrapy.utils.asyncio import sleep
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MILESTONES = (25, 50, 75)
+POST_ATTEMPTS = 2
 MAX_TEXT = 3500  # characters per Slack message
 POST_TIMEOUT = 10  # seconds a post may take
 
@@ -216,14 +220,22 @@ class SlackNotifier:
         self._last_sent = time.monotonic()
         request = JsonRequest(
             self.url, data={"text": scrub(text)}, callback=NO_CALLBACK, dont_filter=True,
+            headers={"Connection": "close"},
             meta={SIDE_REQUEST: True, "dont_retry": True, "handle_httpstatus_all": True,
                   "download_slot": "slack", "download_timeout": POST_TIMEOUT},
         )
-        try:
-            response = await self._download(request)
-        except Exception as exc:  # noqa: BLE001 - a Slack failure must never end the run
-            self._failed("Slack post failed (%s); extraction continues", type(exc).__name__)
-            return
+        for attempt in range(1, POST_ATTEMPTS + 1):
+            try:
+                response = await self._download(request.copy())
+                break
+            except Exception as exc:  # noqa: BLE001 - a Slack failure must never end the run
+                if attempt < POST_ATTEMPTS and retry_post(exc):
+                    self.stats.inc_value("pmp/slack/retried")
+                    logger.info("Slack post failed before an answer (%s); trying once more", type(exc).__name__,
+                                extra={"event_type": "slack_retry"})
+                    continue
+                self._failed("Slack post failed (%s); extraction continues", type(exc).__name__)
+                return
         if 200 <= response.status < 300:
             self.stats.inc_value("pmp/slack/sent")
         elif response.status in (404, 410):
@@ -235,7 +247,7 @@ class SlackNotifier:
         else:
             self._failed("Slack answered HTTP %d; message dropped, extraction continues", response.status)
 
-    async def _download(self, request: JsonRequest) -> Any:
+    async def _download(self, request: Any) -> Any:
         engine = self.crawler.engine
         slot = getattr(engine, "_slot", None)
         if slot is not None and getattr(slot, "closing", None) is None:
@@ -245,3 +257,10 @@ class SlackNotifier:
     def _failed(self, message: str, *args: Any) -> None:
         self.stats.inc_value("pmp/slack/failed")
         logger.warning(message, *args, extra={"event_type": "slack_failed"})
+
+
+def retry_post(exc: BaseException) -> bool:
+    """Whether a failed post is tried once more: the connection failed before any answer (a
+    pooled connection the receiver closed, a reset, a refused connect). Not a timeout: Slack may
+    have the message, and a second one would come a timeout later."""
+    return isinstance(exc, (DownloadFailedError, DownloadConnectionRefusedError))

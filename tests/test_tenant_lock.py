@@ -66,9 +66,11 @@ def test_a_second_run_of_the_tenant_skips_at_once_and_a_sigkill_frees_the_lock(
                                      stdin=subprocess.DEVNULL,
                                      stdout=out, stderr=subprocess.STDOUT)
         try:
-            # The first run holds the lock from before its first request (its token call) on.
-            wait_for(lambda: any(r.kind == "token" for r in sim.requests) or first.poll() is not None, 90,
-                     "the first run's token request")
+            # The first run holds the lock from before its first request (its token call) on. Its
+            # inventory request follows the token a pace's spacing later (the simulator serves both
+            # on one host, and requests to a paced host are spaced): wait for both.
+            wait_for(lambda: any(r.kind == "inventory" for r in sim.requests) or first.poll() is not None, 90,
+                     "the first run's token and inventory requests")
             assert first.poll() is None, (tmp_path / "first.out").read_text()[-2000:]
             assert not lock_is_free(database_url, tenant)
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from scrapy.settings import SETTINGS_PRIORITIES
 
 from pmp_scrapy import values as v
-from pmp_scrapy.catalog import catalog_page_limit
 from pmp_scrapy.errors import ConfigError
 from pmp_scrapy.values import DEMO_DATABASE_URL, derive_accounts_url, is_loopback_host, parse_flag
 
@@ -73,6 +72,14 @@ def _optional_positive(name: str, value: Any) -> int | None:
     return None if value in (None, "") else _positive(name, value)
 
 
+def _catalog_page_limit(name: str, value: Any) -> int:
+    # Imported when read: pmp_scrapy.catalog brings the catalog parser (four modules), which
+    # every scrapy command would otherwise load with the settings.
+    from pmp_scrapy.catalog import catalog_page_limit
+
+    return catalog_page_limit(name, value)
+
+
 def _one_of(*choices: str) -> Callable[[str, Any], str]:
     return lambda name, value: v.choice(name, value, choices)
 
@@ -83,7 +90,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PMP_ACCOUNTS_URL", None, _text, "accounts_url"),
     Setting("PMP_DATABASE_URL", None, lambda name, value: v.database_url(value), "database_url"),
     Setting("PMP_PAGE_LIMIT", 30, _positive, "page_limit"),
-    Setting("PMP_CATALOG_PAGE_LIMIT", 1000, catalog_page_limit, "catalog_page_limit"),
+    Setting("PMP_CATALOG_PAGE_LIMIT", 1000, _catalog_page_limit, "catalog_page_limit"),
     Setting("PMP_BATCH_PAGES", 50, _non_negative, "batch_pages"),
     Setting("PMP_CHECKPOINT_EVERY", 10, _positive, "checkpoint_every"),
     Setting("PMP_BATCH_BYTES", 8 << 20, _positive, None),  # the pipeline's: pickled rows that end a batch early

@@ -1,5 +1,6 @@
 """What the pipeline's commits changed, told to the run record (shared state), stats (the report)
-and the log: catalog answers and the reconciliation at the end of a snapshot."""
+and the log: catalog answers, the reconciliation at the end of a snapshot and the pages to
+read again."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from pmp_scrapy.items import CatalogPage
     from pmp_scrapy.plan import RunPlan
     from pmp_scrapy.run import RunRecord
-    from pmp_scrapy.storage.batch import Reconciliation
+    from pmp_scrapy.storage.batch import CheckpointResult, Reconciliation
 
 logger = logging.getLogger("pmp_scrapy.pipelines")
 
@@ -72,3 +73,25 @@ def report_reconciliation(run: RunRecord, stats: StatsCollector, outcome: Reconc
                        "retired_systems": outcome.retired_systems,
                        "retired_mappings": outcome.retired_mappings,
                        "present_systems": outcome.present_systems})
+
+
+def report_reread(run: RunRecord, stats: StatsCollector, result: CheckpointResult) -> None:
+    """Pages a commit asks to read again because the tenant shifted in a way ``totalRecords``
+    did not show: handed to the spider through the run record, said in the log."""
+    if result.seen_twice_at is None and not result.unseen_systems:
+        return
+    run.pages_to_reread.update(result.reread_pages)
+    pages = ", ".join(map(str, result.reread_pages[:20])) + (" …" if len(result.reread_pages) > 20 else "")
+    if result.seen_twice_at is not None:
+        stats.inc_value("pmp/shifts_seen_twice")
+        logger.warning("the tenant changed during the sweep: a system of page %d was already reported on an "
+                       "earlier page (systems were added before it); reading pages %s again so that none is "
+                       "missed", result.seen_twice_at, pages,
+                       extra={"event_type": "tenant_changed", "detected": "system_seen_twice",
+                              "page": result.seen_twice_at, "reread_pages": result.reread_pages})
+    if result.unseen_systems:
+        stats.set_value("pmp/systems_verified", result.unseen_systems)
+        logger.info("%d present system(s) were not reported in this sweep: reading pages %s again, where "
+                    "they were last seen, before retiring them", result.unseen_systems, pages,
+                    extra={"event_type": "retirement_verified", "unseen_systems": result.unseen_systems,
+                           "reread_pages": result.reread_pages})

@@ -24,7 +24,7 @@ from pmp_scrapy.config import get_config, read
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.extensions.checkpoint import Checkpoints
 from pmp_scrapy.items import CatalogGap, CatalogPage, CatalogUnavailable, InventoryTotal, PageGap, PatchPage
-from pmp_scrapy.pipeline_reports import record_catalog, report_reconciliation
+from pmp_scrapy.pipeline_reports import record_catalog, report_reconciliation, report_reread
 from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, CheckpointResult
@@ -96,7 +96,12 @@ class MappingPipeline:
             if self._failed:
                 raise self._refused(item)
             self._add(item)
+            planned = self.run.planned_pages()
             if self._page_count >= self.config.checkpoint_every:
+                await self.flush()
+            elif planned is not None and self.run.pages_settled >= planned:
+                # The run's pages are all in: commit before the spider idles, so that what the
+                # commit asks to read again (pipeline_reports.report_reread) is read in this run.
                 await self.flush()
             elif self._batch is not None and self._batch.packed_bytes >= self.batch_bytes:
                 self.stats.inc_value("pmp/batches_ended_by_bytes")
@@ -235,6 +240,7 @@ class MappingPipeline:
                     self.stats.inc_value(f"pmp/mappings_{key}", getattr(changes, key))
         if result.reconciliation is not None:
             report_reconciliation(self.run, self.stats, result.reconciliation)
+        report_reread(self.run, self.stats, result)
         for key, value in (("pages_committed", run.pages_committed), ("mappings_upserted", run.mappings_upserted),
                            ("gaps_recorded", run.gaps_opened), ("gaps_healed", run.gaps_resolved),
                            ("checkpoint_page", result.last_page), ("coverage", result.coverage),

@@ -54,6 +54,8 @@ class RunRecord:
     abort_reason: str | None = None
     abort_message: str | None = None
     reconciliation: Any = None  # storage.batch.Reconciliation, when the snapshot was reconciled
+    #: pages a commit asked to read again (a shift totalRecords did not show); the spider takes them
+    pages_to_reread: set[int] = field(default_factory=set)
     #: takes a place in Zoho's token budget shared by every run of the client (0: mint now, else
     #: the seconds to wait); set by the owner when a database shares the budget
     claim_token_mint: Callable[[], float] | None = None

@@ -78,15 +78,22 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
             return  # this run does not reach the end of the sweep: a later run checks
         totals = {**plan.known_page_totals, **self._page_totals}
         shifted = stale_pages(totals, self._last_total_records, self._total_pages)
-        if not shifted:
+        run = find_run(self.crawler)
+        asked = sorted(run.pages_to_reread - set(shifted)) if run is not None else []
+        if run is not None:
+            run.pages_to_reread.clear()  # the commits said why (pipeline_reports.report_reread)
+        if not shifted and not asked:
             return
         self._reread_rounds += 1
-        logger.warning(
-            "the tenant changed during snapshot %d (DCAPI now reports %d systems; %d page(s) were read "
-            "before): reading pages %s again so that no system is missed", plan.snapshot_id,
-            self._last_total_records, len(shifted), ", ".join(map(str, shifted[:20])) + (" …" if len(shifted) > 20 else ""),
-            extra={"event_type": "tenant_changed", "total_records": self._last_total_records,
-                   "reread_pages": shifted, "round": self._reread_rounds})
+        if shifted:
+            logger.warning(
+                "the tenant changed during snapshot %d (DCAPI now reports %d systems; %d page(s) were read "
+                "before): reading pages %s again so that no system is missed", plan.snapshot_id,
+                self._last_total_records, len(shifted),
+                ", ".join(map(str, shifted[:20])) + (" …" if len(shifted) > 20 else ""),
+                extra={"event_type": "tenant_changed", "total_records": self._last_total_records,
+                       "reread_pages": shifted, "round": self._reread_rounds})
+        shifted = sorted({*shifted, *asked})
         self.crawler.stats.inc_value("pmp/pages_reread", len(shifted))
         for page in shifted:
             self.crawler.engine.crawl(self.page_request(page, reread=True))

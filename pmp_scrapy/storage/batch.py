@@ -81,7 +81,12 @@ class CheckpointResult:
     coverage: int
     coverage_pct: float
     snapshot_complete: bool
-    reread_pages: list[int] = field(default_factory=list)  # answered before the tenant changed
+    #: pages to read again before the snapshot is complete: answered before the tenant changed,
+    #: before a system met twice (``seen_twice_at``: the page it was met again on), or where
+    #: ``unseen_systems`` present systems were last seen
+    reread_pages: list[int] = field(default_factory=list)
+    seen_twice_at: int | None = None
+    unseen_systems: int = 0
     reconciliation: Reconciliation | None = None
     changes: Any = None  # storage.history.Changes: what the batch changed
 

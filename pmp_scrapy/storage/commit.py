@@ -21,6 +21,7 @@ from pmp_scrapy.storage.schema import (
     snapshots,
     systems,
 )
+from pmp_scrapy.storage.shifts import first_reads, mark_read_again, seen_on_earlier_page, verification_pages
 
 
 def utcnow() -> datetime:
@@ -55,10 +56,16 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     now = utcnow()
     ctx = Context(batch.customer, batch.snapshot_id, now)
     changes = Changes()
+    first = first_reads(conn, batch.snapshot_id, list(batch.page_totals))
+    shifted_before = 0  # a system met again on a page's first read: every page before it is read again
     # Page by page, in arrival order: a system that moved between pages during the sweep ends
     # with its later page's patch list.
     for page_rows, page_systems in batch.pages():
         reported = [s["resource_id"] for s in page_systems]
+        page = int(page_systems[0]["last_seen_page"]) if page_systems else 0
+        if page in first and page > shifted_before and seen_on_earlier_page(
+                conn, batch.customer, batch.snapshot_id, page, reported):
+            shifted_before = page
         changes.add(page_changes := apply_page(conn, upsert, ctx, list(ordered_unique(page_rows)), reported))
         changes.events.extend(page_changes.events)
         if page_systems:
@@ -67,6 +74,7 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     # After the systems are written: a system new or back from retirement is present by now.
     refresh(conn, changes.touched | set(without_rollup(conn, ctx.customer, changes.with_mappings - changes.touched)))
     _write_page_totals(conn, upsert, batch, now)
+    seen_twice = mark_read_again(conn, batch.snapshot_id, before=shifted_before) if shifted_before else []
 
     for gap in sorted(batch.gaps, key=lambda g: g["page_num"]):
         gap_stmt = upsert(gaps).values(
@@ -102,6 +110,9 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
                      .values(total_pages=batch.total_pages, total_records=batch.total_records))
     result = _save_checkpoint(conn, batch, now)
     result.changes = changes
+    if seen_twice:
+        result.seen_twice_at = shifted_before
+        result.reread_pages = sorted(set(result.reread_pages) | set(seen_twice))
     return result
 
 
@@ -163,15 +174,23 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
     records = batch.total_records if batch.total_records is not None else (snap[1] if snap else None)
     complete = snap is not None and snap[2] == "complete"
     reread: list[int] = []
+    unseen = 0
     if last_page is not None and total is not None and last_page >= total and not complete:
         reread = stale_pages(conn, batch.snapshot_id, total, records)
+        if not reread and snap is not None and snap[3] is None and not _open_gaps(conn, batch.snapshot_id):
+            # Before retiring what this snapshot did not see, look where it was once more.
+            unseen, verify = verification_pages(conn, batch.customer, batch.snapshot_id, total)
+            reread = mark_read_again(conn, batch.snapshot_id, pages=verify)
+            if reread:
+                conn.execute(update(snapshots).where(snapshots.c.snapshot_id == batch.snapshot_id)
+                             .values(reconcile_state="verifying"))
         if not reread:
             complete = True
             conn.execute(update(snapshots).where(
                 snapshots.c.snapshot_id == batch.snapshot_id, snapshots.c.state == "running"
             ).values(state="complete", completed_at=now))
     reconciliation = None
-    if complete and snap is not None and snap[3] is None and not _open_gaps(conn, batch.snapshot_id):
+    if complete and snap is not None and snap[3] in (None, "verifying") and not _open_gaps(conn, batch.snapshot_id):
         reconciliation = reconcile(conn, dialect_insert(conn), Context(batch.customer, batch.snapshot_id, now),
                                    records, batch.max_retire_share)
     systems_extracted, patches_extracted = conn.execute(
@@ -188,7 +207,8 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
         stmt = dialect_insert(conn)(checkpoints).values(snapshot_id=batch.snapshot_id, created_at=now, **values)
         conn.execute(stmt.on_conflict_do_update(index_elements=["snapshot_id"], set_=values))
     return CheckpointResult(last_page, int(systems_extracted), int(patches_extracted),
-                            coverage, coverage_pct, complete, reread_pages=reread, reconciliation=reconciliation)
+                            coverage, coverage_pct, complete, reread_pages=reread, reconciliation=reconciliation,
+                            unseen_systems=unseen if reread else 0)
 
 
 def _open_gaps(conn: Connection, snapshot_id: int) -> int:

@@ -35,23 +35,17 @@ from scrapy.settings import SETTINGS_PRIORITIES
 
 from pmp_scrapy.config import ENVIRONMENT_SETTINGS, apply_environment, database_url_from_settings
 from pmp_scrapy.errors import ConfigError, StorageError
-from pmp_scrapy.reporting.codes import parse_severities
-from pmp_scrapy.reporting.render import to_csv, to_json, to_table
 from pmp_scrapy.reporting.sla import SETTING as SLA_SETTING
-from pmp_scrapy.reporting.sla import parse_sla_days
-from pmp_scrapy.storage.engine import safe_url
-from pmp_scrapy.storage.report_overview import overview
-from pmp_scrapy.storage.report_reader import Reader, Scope, UnknownSubject, reading, utcnow
-from pmp_scrapy.storage.report_subjects import bulletin, cve, patch, system
-from pmp_scrapy.storage.reports import summary
-from pmp_scrapy.storage.status import NoExtractionData
 
+# Storage (SQLAlchemy), the answers and the renderers are imported in run(): Scrapy imports
+# every command module for every command, and `scrapy report --help` needs none of them.
 if TYPE_CHECKING:
     import argparse
 
+    from pmp_scrapy.storage.report_reader import Reader, Scope
+
 HINT = "run `scrapy crawl dcapi_patches` first"
 SELECTORS = ("system", "patch", "bulletin", "cve")
-_FORMS = {"system": system, "patch": patch, "bulletin": bulletin, "cve": cve}
 
 
 def sla_setting(settings: Any, environ: dict[str, str] | None = None) -> Any:
@@ -81,14 +75,23 @@ def answer(reader: Reader, form: str, key: str | None, scope: Scope, *, rows: bo
     """The answer of one form (``summary`` or a selector) for ``scope``; ``rows``: the summary
     keeps every ranked system (the CSV form)."""
     if form == "summary":
+        from pmp_scrapy.storage.reports import summary
+
         return summary(reader, scope, every_system=rows)
+    from pmp_scrapy.storage import report_subjects
+
     assert key is not None
-    return _FORMS[form](reader, scope, key)
+    forms = {"system": report_subjects.system, "patch": report_subjects.patch,
+             "bulletin": report_subjects.bulletin, "cve": report_subjects.cve}
+    return forms[form](reader, scope, key)
 
 
 def write_html(url: str, path: str, scope: Scope, *, every_customer: bool) -> Path:
     """Write the HTML report of ``scope``'s customer, or of every customer, to ``path`` (0600)."""
     from pmp_scrapy.reporting.html import render_html, write_private  # Jinja2 only when asked
+    from pmp_scrapy.storage.engine import safe_url
+    from pmp_scrapy.storage.report_overview import overview
+    from pmp_scrapy.storage.report_reader import reading, utcnow
 
     with reading(url) as reader:
         names = (reader.customers() or [""]) if every_customer else [scope.customer]
@@ -128,6 +131,13 @@ class Command(ScrapyCommand):
                             help="write the whole report as one self-contained HTML file (mode 0600)")
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        from pmp_scrapy.reporting.codes import parse_severities
+        from pmp_scrapy.reporting.render import to_csv, to_json, to_table
+        from pmp_scrapy.reporting.sla import parse_sla_days
+        from pmp_scrapy.storage.engine import safe_url
+        from pmp_scrapy.storage.report_reader import Scope, UnknownSubject, reading
+        from pmp_scrapy.storage.status import NoExtractionData
+
         assert self.settings is not None
         settings = self.settings.copy()
         apply_environment(settings)

@@ -32,12 +32,13 @@ from pmp_scrapy.config import (
 )
 from pmp_scrapy.coverage import target_systems
 from pmp_scrapy.errors import ConfigError, NoDatabase, StorageError
-from pmp_scrapy.plan import format_age
-from pmp_scrapy.storage.engine import safe_url, without_password
-from pmp_scrapy.storage.status import CustomerStatus, NoExtractionData, read_status
 
+# Storage (SQLAlchemy) is imported in _run(): Scrapy imports every command module for every
+# command, and `scrapy status --help` or `scrapy version` need none of it.
 if TYPE_CHECKING:
     import argparse
+
+    from pmp_scrapy.storage.status import CustomerStatus
 
 HINT = "run `scrapy crawl dcapi_patches` first"
 
@@ -101,6 +102,8 @@ def summarise(status: CustomerStatus, target: float, total_systems: int | None,
 
 def render(report: dict[str, Any]) -> str:
     """The human-readable form of one customer's report."""
+    from pmp_scrapy.plan import format_age
+
     t = report["target"]
     lines = [f"customer: {report['customer'] or '(default)'}"]
     covered = report["systems_with_mappings"]
@@ -188,6 +191,9 @@ class Command(ScrapyCommand):
             self._fail(opts, "error", f"cannot show the status: {type(exc).__name__}: {first}", raw_url)
 
     def _run(self, args: list[str], opts: argparse.Namespace) -> None:
+        from pmp_scrapy.storage.engine import safe_url
+        from pmp_scrapy.storage.status import NoExtractionData, read_status
+
         assert self.settings is not None
         settings = self.settings.copy()
         apply_environment(settings)
@@ -221,6 +227,8 @@ class Command(ScrapyCommand):
             print("\n".join(render(r) for r in reports))
 
     def _fail(self, opts: argparse.Namespace, kind: str, message: str, url: str = "") -> None:
+        from pmp_scrapy.storage.engine import without_password
+
         self.exitcode = 1
         message = without_password(message, url) if url else message
         if opts.json:

@@ -17,14 +17,11 @@ from scrapy.commands.crawl import Command as ScrapyCrawlCommand
 from scrapy.exceptions import UsageError
 
 from pmp_scrapy.config import apply_environment, apply_spider_arguments, get_config, load_config
-from pmp_scrapy.config_errors import record_config_error
-from pmp_scrapy.credentials import OAUTH_NAMES, check_credentials_file, require_secrets
-from pmp_scrapy.customers import CustomerSelection, job_message, parse_selection, worst_exit_code
 from pmp_scrapy.errors import ConfigError
-from pmp_scrapy.run import find_run
-from pmp_scrapy.storage.engine import safe_url
-from pmp_scrapy.summary import customers_summary, terminal_summary
 
+# The crawl's own modules (credentials, customers, run record, storage with SQLAlchemy, summary)
+# are imported where used: Scrapy imports every command module for any command, and
+# `scrapy status`, `report` or `version` must not pay for them.
 if TYPE_CHECKING:
     import argparse
 
@@ -32,6 +29,7 @@ if TYPE_CHECKING:
     from scrapy.settings import Settings
 
     from pmp_scrapy.config import PMPConfig
+    from pmp_scrapy.customers import CustomerSelection
     from pmp_scrapy.run import RunRecord
 
 
@@ -49,6 +47,8 @@ class Command(ScrapyCrawlCommand):
     def _preflight(self, spname: str, spargs: dict[str, str]) -> None:
         if spname != "dcapi_patches":
             return
+        from pmp_scrapy.credentials import OAUTH_NAMES, check_credentials_file, require_secrets
+
         settings = self._settings_for(spargs)
         config = load_config(settings)
         check_credentials_file(settings)
@@ -75,6 +75,8 @@ class Command(ScrapyCrawlCommand):
         if len(args) != 1:
             raise UsageError("give exactly one spider name, e.g. scrapy crawl dcapi_patches")
         spname = args[0]
+        from pmp_scrapy.config_errors import record_config_error
+
         try:
             selection = self._selection(spname, opts.spargs)
             self._preflight(spname, self._one_customer_arguments(opts.spargs, selection))
@@ -97,6 +99,8 @@ class Command(ScrapyCrawlCommand):
         """The customers ``customer=`` (else ``PMP_CUSTOMER``) names when it names several."""
         if spname != "dcapi_patches":
             return None
+        from pmp_scrapy.customers import parse_selection
+
         value = spargs["customer"] if "customer" in spargs else self._settings_for({}).get("PMP_CUSTOMER")
         return parse_selection(value)
 
@@ -107,7 +111,11 @@ class Command(ScrapyCrawlCommand):
         return {name: value for name, value in spargs.items() if name != "customer"}
 
     def _sweep_customers(self, spname: str, spargs: dict[str, str], selection: CustomerSelection) -> int:
+        from pmp_scrapy.config_errors import record_config_error
+        from pmp_scrapy.customers import job_message, worst_exit_code
         from pmp_scrapy.msp import CustomerSweep
+        from pmp_scrapy.storage.engine import safe_url
+        from pmp_scrapy.summary import customers_summary
 
         assert self.crawler_process is not None
         sweep = CustomerSweep(self.crawler_process, spname, self._one_customer_arguments(spargs, selection),
@@ -143,6 +151,8 @@ class Command(ScrapyCrawlCommand):
 
     @staticmethod
     def _status_command(config: PMPConfig, customer: str | None = None) -> str:
+        from pmp_scrapy.storage.engine import safe_url
+
         database = safe_url(config.database_url)
         status = "scrapy status" + (f" -s PMP_DATABASE_URL={database}" if config.demo else "")
         return status + (f" --customer {customer}" if customer else "")
@@ -152,6 +162,8 @@ class Command(ScrapyCrawlCommand):
         if self.crawler_process is not None and self.crawler_process.bootstrap_failed:
             fail("the crawl could not start (see the log above)")
             return 1
+        from pmp_scrapy.run import find_run
+
         run = find_run(crawler)
         if run is None or run.outcome is None:
             fail("the run ended without a result (see the log)")
@@ -166,6 +178,9 @@ class Command(ScrapyCrawlCommand):
 
     @staticmethod
     def _terminal_summary(crawler: Crawler, run: RunRecord) -> str:
+        from pmp_scrapy.storage.engine import safe_url
+        from pmp_scrapy.summary import terminal_summary
+
         assert run.outcome is not None
         config = get_config(crawler)
         database = safe_url(config.database_url)

@@ -16,8 +16,9 @@ request followed by one on time lands two arrivals closer than ``DOWNLOAD_DELAY`
 0.08 s apart right after the first page's answer at 2.5 s latency, then five in one second as
 the server saw them, and a throttle page). So the pool also spaces the hand-overs themselves,
 per host, by the pacer's current spacing (:meth:`pmp_scrapy.extensions.pacer.Pacer.spacing`):
-a request whose turn has not come holds its connection until it has; a request handed over
-late delays the next one instead of crowding it. Hosts the pacer does not pace (the Slack
+a request whose turn has not come holds its connection until it has, and each turn is counted
+from when the request was really handed over: a request handed over late (or woken late by a
+busy reactor) delays the next one instead of crowding it. Hosts the pacer does not pace (the Slack
 webhook, the accounts server of a real tenant) pass at once.
 
 Reads the settings of Scrapy's handler, and ``PMP_MAX_IN_FLIGHT``: the pool keeps up to
@@ -80,22 +81,41 @@ class SpacedPool(HTTPConnectionPool):
         return super().getConnection(key, endpoint).addCallback(self._in_turn, host_of(key))
 
     def _in_turn(self, protocol: HTTP11ClientProtocol, host: str) -> HTTP11ClientProtocol | Deferred[HTTP11ClientProtocol]:
-        spacing = self.spacing(host)
-        now = self._clock()
-        at = next_turn(now, self._reserved.get(host, -math.inf), spacing)
-        if spacing > 0:
-            self._reserved[host] = at + spacing  # turns are taken in hand-over order
-        if at <= now:
+        if self._take_turn(host):
             return protocol
-        waiting: Deferred[HTTP11ClientProtocol] = Deferred(lambda _: self._cancelled(call, protocol))
-        call = self._reactor.callLater(at - now, waiting.callback, protocol)
+        waiting: Deferred[HTTP11ClientProtocol] = Deferred(lambda _: self._cancelled(pending, protocol))
+        pending: list[Any] = []
+        self._wait(protocol, host, waiting, pending)
         return waiting
 
+    def _take_turn(self, host: str) -> bool:
+        """Whether a request to ``host`` may be written now; if so its turn is taken from now
+        (not from when it was due: a reactor late to wake it must not shorten the next spacing)."""
+        spacing, now = self.spacing(host), self._clock()
+        if spacing <= 0:
+            return True
+        if now < self._reserved.get(host, -math.inf):
+            return False
+        self._reserved[host] = now + spacing
+        return True
+
+    def _wait(self, protocol: HTTP11ClientProtocol, host: str, waiting: Deferred[HTTP11ClientProtocol],
+              pending: list[Any]) -> None:
+        def wake() -> None:
+            if self._take_turn(host):
+                waiting.callback(protocol)
+            else:  # another request took the turn first: the next one
+                self._wait(protocol, host, waiting, pending)
+        due = next_turn(self._clock(), self._reserved.get(host, -math.inf), self.spacing(host))
+        pending[:] = [self._reactor.callLater(max(0.0, due - self._clock()), wake)]
+
     @staticmethod
-    def _cancelled(call: Any, protocol: HTTP11ClientProtocol) -> None:
+    def _cancelled(pending: list[Any], protocol: HTTP11ClientProtocol) -> None:
         """Cancelled while waiting for its turn (download timeout, the run stopping): nothing was
         written; the connection is closed rather than left out of the pool."""
-        call.cancel()
+        for call in pending:
+            if call.active():
+                call.cancel()
         protocol.abort()
 
 

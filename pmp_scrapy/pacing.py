@@ -33,6 +33,12 @@ CLIMB_MIN_SECONDS = 1.0
 BACKOFF_FACTOR = 2.0
 RECOVERY_FACTOR = 0.8
 
+#: The reactor's lag (how late a timer fires: a busy or CPU-starved process) that the spacing of
+#: requests as they are written absorbs: a request written that late lands that much closer to
+#: the next one. The peak jumps to any larger sample and decays by LAG_DECAY per probe.
+LAG_DECAY = 0.95
+MAX_LAG_ALLOWANCE = 0.1  # seconds added to one spacing at most
+
 #: Reasons of an overload signal (the ``pmp/pace/backoffs/<reason>`` stats).
 RATE_LIMITED, SERVER_ERROR, THROTTLE_PAGE, LATENCY_CLIMB = "429", "5xx", "throttle_page", "latency"
 
@@ -141,3 +147,15 @@ def recover(pace: Pace, limits: PaceLimits, *, sent_at: float) -> Pace:
     if pace.delay <= limits.base_delay or sent_at < pace.raised_at:
         return pace
     return replace(pace, delay=max(limits.base_delay, pace.delay * RECOVERY_FACTOR))
+
+
+def observe_lag(peak: float, sample: float) -> float:
+    """The reactor-lag peak after one more probe that fired ``sample`` seconds late."""
+    return max(sample, peak * LAG_DECAY)
+
+
+def lag_allowance(peak: float) -> float:
+    """Seconds added to the spacing of requests as they are written: a quarter of the lag
+    peak (five arrivals in one second need four spacings shortened by one late request),
+    at most ``MAX_LAG_ALLOWANCE``. Near 0 on an idle machine (lags of a millisecond)."""
+    return min(MAX_LAG_ALLOWANCE, max(0.0, peak) / 4.0)

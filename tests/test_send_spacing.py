@@ -20,6 +20,7 @@ from test_pacing import paced_settings, pmp_arrivals
 from twisted.internet.task import Clock
 
 from pmp_scrapy.http import NoSilentRetryDownloadHandler, SpacedPool, host_of, next_turn
+from pmp_scrapy.pacing import LAG_DECAY, MAX_LAG_ALLOWANCE, lag_allowance, observe_lag
 from pmp_scrapy.simulator import Scenario, Simulator
 
 if TYPE_CHECKING:
@@ -33,6 +34,14 @@ def test_a_turn_is_now_or_the_hosts_next_free_turn() -> None:
     assert next_turn(10.0, 9.0, 0.26) == 10.0  # the host's turn has passed: at once
     assert next_turn(10.0, 10.2, 0.26) == 10.2  # the previous request left 0.06 s ago
     assert next_turn(10.0, 12.0, 0.0) == 10.0  # an unpaced host never waits
+
+
+def test_the_reactor_lag_widens_the_written_spacing_a_quarter_of_its_peak() -> None:
+    assert lag_allowance(0.001) == pytest.approx(0.00025)  # an idle machine: nothing to speak of
+    assert lag_allowance(0.2) == pytest.approx(0.05)  # a request written 0.2 s late cannot make 5 in 1 s
+    assert lag_allowance(3.0) == MAX_LAG_ALLOWANCE
+    peak = observe_lag(0.0, 0.2)
+    assert peak == 0.2 and observe_lag(peak, 0.001) == pytest.approx(0.2 * LAG_DECAY)  # jumps, then decays
 
 
 def test_the_host_of_a_pool_key_is_the_slot_name() -> None:
@@ -73,6 +82,20 @@ def test_hand_overs_to_a_paced_host_are_spaced_in_order_and_others_pass() -> Non
     clock.advance(5.0)  # long idle: the next one goes at once
     hand_over(pool, "pmp", fired, clock, "d")
     assert fired[-1] == (5.52, "d")
+
+
+def test_a_turn_counts_from_the_real_hand_over_when_the_reactor_wakes_late() -> None:
+    clock = Clock()
+    pool = SpacedPool(clock, lambda host: 0.26, clock=clock.seconds)
+    fired: list[tuple[float, str]] = []
+    for label in ("a", "b", "c"):
+        hand_over(pool, "pmp", fired, clock, label)
+    clock.advance(0.4)  # a busy reactor wakes b (due at 0.26) late, at 0.4
+    assert fired == [(0.0, "a"), (0.4, "b")]
+    clock.advance(0.2)
+    assert fired[-1] == (0.4, "b")  # c is due 0.26 after b really left, not after b was due
+    clock.advance(0.06)
+    assert fired[-1] == (pytest.approx(0.66), "c")
 
 
 def test_a_request_cancelled_while_waiting_for_its_turn_writes_nothing() -> None:

@@ -12,8 +12,17 @@ retired, the systems it retired, and any system it reported with mappings but no
 
 :func:`ensure_built` (at open, in the schema transaction) builds both from scratch when
 ``dcapi_rollup_state`` does not name this version's definition: a database made before the
-roll-ups, or by a version that defined them otherwise. The count of a customer's
-``dcapi_system_rollup`` rows is its coverage (:func:`coverage`).
+roll-ups, or by a version that defined them otherwise, or when a crawl that keeps no roll-ups
+(an older version) wrote since they were last brought up to date: each refresh records, per
+customer, the latest ``last_seen_at`` and ``retired_at`` of ``dcapi_systems`` in
+``dcapi_rollup_sources`` (every page a crawl commits moves the first, every retirement the
+second), and other values at open mean they are stale (:func:`stale_customers`). The count of a
+customer's ``dcapi_system_rollup`` rows is its coverage (:func:`coverage`).
+
+``dcapi_bulletin_patches`` holds the (folded bulletin id, patch id) of every mapping row that
+carries a bulletin: ``--bulletin`` goes from it to its patches' rows by ``idx_psm_patch``
+instead of reading every mapping. It only grows between rebuilds (a superset is harmless: the
+answer filters the rows on the bulletin itself).
 """
 
 from __future__ import annotations
@@ -32,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "report"
 _CHUNK = 500  # systems a refresh statement (a page reports ~30; a retirement up to thousands)
-_BUILD_CHUNK = 5000  # systems a statement of a full build: each well inside PostgreSQL's statement timeout
 _KNOWN = ", ".join(f"'{name}'" for name in SEVERITIES)
 
 
@@ -54,8 +62,8 @@ def _system_columns() -> list[tuple[str, str]]:
     return columns
 
 
-def _inserts(dialect: str, where: str) -> tuple[str, str]:
-    """The two statements that fill the roll-ups for the systems ``where`` selects (a condition
+def _inserts(dialect: str, where: str) -> tuple[str, str, str]:
+    """The three statements that fill the roll-ups for the systems ``where`` selects (a condition
     on ``resource_id``)."""
     columns = _system_columns()
     # The rows picked once (MATERIALIZED): inlined, "missing since" (a history lookup) would be
@@ -69,7 +77,16 @@ def _inserts(dialect: str, where: str) -> tuple[str, str]:
     pairs = (with_views(dialect, "dcapi_v_missing")
              + "INSERT INTO dcapi_missing_pairs (customer, resource_id, patch_id, severity_name, missing_since)\n"
              + f"SELECT customer, resource_id, patch_id, severity_name, missing_since FROM dcapi_v_missing WHERE {where}")
-    return systems, pairs
+    return systems, pairs, bulletins_insert(where)
+
+
+def bulletins_insert(where: str) -> str:
+    """The statement adding the (folded bulletin, patch) pairs of the mapping rows ``where``
+    selects (a condition on ``resource_id``) to ``dcapi_bulletin_patches``. ``lower()`` is the
+    fold ``--bulletin`` compares with on both databases (SQLite's folds ASCII, as NOCASE does)."""
+    return ("INSERT INTO dcapi_bulletin_patches (bulletin_key, patch_id) SELECT DISTINCT lower(bulletinid), patch_id "
+            f"FROM patch_system_mapping WHERE {where} AND bulletinid IS NOT NULL AND bulletinid <> '' "
+            "ON CONFLICT DO NOTHING")
 
 
 def definition(dialect: str) -> str:
@@ -85,12 +102,15 @@ def _chunks(values: list[str], size: int) -> Iterable[list[str]]:
 def refresh(conn: Connection, system_ids: Iterable[str]) -> None:
     """Rebuild the roll-up rows of these resource ids (every customer's: mappings carry no
     customer) from ``patch_system_mapping``, ``dcapi_systems`` and ``dcapi_mapping_history``.
-    Writes ``dcapi_system_rollup`` and ``dcapi_missing_pairs``; the caller's transaction."""
+    Writes ``dcapi_system_rollup``, ``dcapi_missing_pairs``, ``dcapi_bulletin_patches`` and
+    ``dcapi_rollup_sources``; the caller's transaction. Called by every batch commit (with no
+    ids when it wrote no mapping), after the commit wrote ``dcapi_systems``."""
     ids = sorted(set(system_ids))
     if not ids:
+        record_sources(conn)  # a commit that wrote no mapping still moved last_seen_at
         return
-    systems, pairs = (text(sql).bindparams(bindparam("ids", expanding=True))
-                      for sql in _inserts(conn.dialect.name, "resource_id IN :ids"))
+    systems, pairs, bulletins = (text(sql).bindparams(bindparam("ids", expanding=True))
+                                 for sql in _inserts(conn.dialect.name, "resource_id IN :ids"))
     owners = text("SELECT DISTINCT customer FROM dcapi_systems WHERE resource_id IN :ids").bindparams(
         bindparam("ids", expanding=True))
     for chunk in _chunks(ids, _CHUNK):
@@ -102,6 +122,8 @@ def refresh(conn: Connection, system_ids: Iterable[str]) -> None:
                              {"customers": customers, "ids": chunk})
         conn.execute(systems, {"ids": chunk})
         conn.execute(pairs, {"ids": chunk})
+        conn.execute(bulletins, {"ids": chunk})
+    record_sources(conn)
 
 
 def without_rollup(conn: Connection, customer: str, system_ids: Iterable[str]) -> list[str]:
@@ -122,40 +144,75 @@ def coverage(conn: Connection, customer: str) -> int:
                             {"customer": customer}).scalar_one())
 
 
-def build(conn: Connection) -> int:
-    """Build both roll-ups from scratch, a range of present systems a statement. Returns the
-    number of systems rolled up."""
-    conn.execute(text("DELETE FROM dcapi_system_rollup"))
-    conn.execute(text("DELETE FROM dcapi_missing_pairs"))
-    ids = [row[0] for row in conn.execute(text(
-        "SELECT DISTINCT resource_id FROM dcapi_systems WHERE retired_at IS NULL ORDER BY resource_id"))]
-    statements = [text(sql) for sql in _inserts(conn.dialect.name, "resource_id BETWEEN :low AND :high")]
-    for chunk in _chunks(ids, _BUILD_CHUNK):
-        for statement in statements:
-            conn.execute(statement, {"low": chunk[0], "high": chunk[-1]})
-    return coverage_all(conn)
-
-
 def coverage_all(conn: Connection) -> int:
     """Rows of ``dcapi_system_rollup`` over every customer."""
     return int(conn.execute(text("SELECT COUNT(*) FROM dcapi_system_rollup")).scalar_one())
 
 
+# --- what the roll-ups were brought up to ----------------------------------------------------------
+
+def _changed_sources(dialect: str) -> str:
+    differs = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
+    return ("SELECT c.customer FROM (SELECT customer, MAX(last_seen_at) AS seen, MAX(retired_at) AS retired "
+            "FROM dcapi_systems GROUP BY customer) c LEFT JOIN dcapi_rollup_sources r ON r.customer = c.customer "
+            f"WHERE r.customer IS NULL OR r.last_seen_at {differs} c.seen OR r.retired_at {differs} c.retired")
+
+
+def stale_customers(conn: Connection) -> list[str]:
+    """Customers whose ``dcapi_systems`` maxima differ from what ``dcapi_rollup_sources`` says the
+    roll-ups were brought up to: something that keeps no roll-ups wrote since. One pass over
+    ``dcapi_systems`` (~N rows, milliseconds); reads only."""
+    return [row[0] for row in conn.execute(text(_changed_sources(conn.dialect.name)))]
+
+
+def record_sources(conn: Connection) -> None:
+    """Record, for the customers whose ``dcapi_systems`` maxima moved, the values the roll-ups are
+    now up to (``dcapi_rollup_sources``). Only rows that differ are written: concurrent commits of
+    other customers never wait on each other here."""
+    changed = stale_customers(conn)
+    if not changed:
+        return
+    conn.execute(text("DELETE FROM dcapi_rollup_sources WHERE customer IN :customers").bindparams(
+        bindparam("customers", expanding=True)), {"customers": changed})
+    conn.execute(text("INSERT INTO dcapi_rollup_sources (customer, last_seen_at, retired_at) SELECT customer, "
+                      "MAX(last_seen_at), MAX(retired_at) FROM dcapi_systems WHERE customer IN :customers "
+                      "GROUP BY customer").bindparams(bindparam("customers", expanding=True)), {"customers": changed})
+
+
+def is_current(conn: Connection, tables: set[str]) -> bool:
+    """Whether the roll-ups can be read as the views' answer: their tables are in ``tables``, built
+    by this version's definition and not stale. Reads only."""
+    if not {"dcapi_system_rollup", "dcapi_missing_pairs", "dcapi_rollup_state", "dcapi_rollup_sources",
+            "dcapi_bulletin_patches"} <= tables:
+        return False
+    stored = conn.execute(text("SELECT definition FROM dcapi_rollup_state WHERE name = :name"),
+                          {"name": STATE_NAME}).scalar()
+    return stored == definition(conn.dialect.name) and not stale_customers(conn)
+
+
 def ensure_built(conn: Connection) -> bool:
-    """Build the roll-ups when ``dcapi_rollup_state`` does not name this version's definition;
-    returns whether it built them. Reads and writes the roll-up tables and their state row."""
+    """Build the roll-ups when ``dcapi_rollup_state`` does not name this version's definition, or
+    when they are stale (:func:`stale_customers`); returns whether it built them. Reads and writes
+    the roll-up tables, their state row and their sources."""
+    from pmp_scrapy.storage.rollup_build import build  # the full build: only when needed
+
     wanted = definition(conn.dialect.name)
     stored = conn.execute(text("SELECT definition FROM dcapi_rollup_state WHERE name = :name"),
                           {"name": STATE_NAME}).scalar()
-    if stored == wanted:
+    stale = stale_customers(conn) if stored == wanted else []
+    if stored == wanted and not stale:
         return False
+    if stale:
+        logger.warning("report roll-ups are behind dcapi_systems for %s (a crawl by a version that keeps no "
+                       "roll-ups wrote since): rebuilding them", ", ".join(repr(c) for c in stale),
+                       extra={"event_type": "rollups_stale", "customers": stale})
     started = time.monotonic()
     built = build(conn)
     conn.execute(text("DELETE FROM dcapi_rollup_state WHERE name = :name"), {"name": STATE_NAME})
     conn.execute(text("INSERT INTO dcapi_rollup_state (name, definition) VALUES (:name, :definition)"),
                  {"name": STATE_NAME, "definition": wanted})
+    record_sources(conn)
     if built:
         logger.info("report roll-ups built for %d systems in %.1f s", built, time.monotonic() - started,
                     extra={"event_type": "rollups_built", "systems": built})
     return True
-

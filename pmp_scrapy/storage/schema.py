@@ -265,26 +265,26 @@ system_rollup = Table(
     PrimaryKeyConstraint("customer", "resource_id"),
 )
 missing_pairs = Table(
-    "dcapi_missing_pairs",
-    metadata,
-    Column("customer", Text, nullable=False, server_default=""),
-    Column("resource_id", Text, nullable=False),
-    Column("patch_id", Text, nullable=False),
-    Column("severity_name", Text, nullable=False),
-    Column("missing_since", TIMESTAMP),
-    PrimaryKeyConstraint("customer", "resource_id", "patch_id"),
-)
+    "dcapi_missing_pairs", metadata, Column("customer", Text, nullable=False, server_default=""),
+    *(Column(name, Text, nullable=False) for name in ("resource_id", "patch_id", "severity_name")),
+    Column("missing_since", TIMESTAMP), PrimaryKeyConstraint("customer", "resource_id", "patch_id"))
 # Covering ranges: per patch (most missed, SLA per patch) and per severity by age (SLA counts, breaches)
 _MP = missing_pairs.c
 Index("idx_dcapi_missing_patch", _MP.customer, _MP.patch_id, _MP.severity_name, _MP.missing_since, _MP.resource_id)
 Index("idx_dcapi_missing_age", _MP.customer, _MP.severity_name, _MP.missing_since, _MP.resource_id, _MP.patch_id)
 rollup_state = Table(  # which definition built the roll-ups: another one (or none) rebuilds them at open
-    "dcapi_rollup_state",
-    metadata,
-    Column("name", Text, primary_key=True),
-    Column("definition", Text, nullable=False),
-    Column("built_at", TIMESTAMP, server_default=_now),
-)
+    "dcapi_rollup_state", metadata, Column("name", Text, primary_key=True),
+    Column("definition", Text, nullable=False), Column("built_at", TIMESTAMP, server_default=_now))
+# Per customer, the dcapi_systems maxima the roll-ups were last brought up to: other values at
+# open mean a crawl that kept no roll-ups (an older version) wrote since, and they are rebuilt.
+rollup_sources = Table(
+    "dcapi_rollup_sources", metadata, Column("customer", Text, primary_key=True),
+    Column("last_seen_at", TIMESTAMP), Column("retired_at", TIMESTAMP))
+# (folded bulletin id, patch id) of every mapping row carrying one, kept by the roll-ups (a
+# superset: never pruned but at a rebuild): --bulletin's way to its patches' rows by idx_psm_patch.
+bulletin_patches = Table(
+    "dcapi_bulletin_patches", metadata, Column("bulletin_key", Text, nullable=False),
+    Column("patch_id", Text, nullable=False), PrimaryKeyConstraint("bulletin_key", "patch_id"))
 
 # --- shared limits of one tenant across runs ------------------------------------------------------
 token_mints = Table(

@@ -33,7 +33,8 @@ PG_ADMIN_URL = os.environ.get("PMP_TEST_POSTGRES_URL") or "postgresql+psycopg://
 SEED_TABLES = {"patch_system_mapping", "dcapi_extraction_checkpoints", "dcapi_extraction_gaps"}
 OWN_TABLES = {"dcapi_snapshots", "dcapi_systems", "dcapi_gap_state", "dcapi_runs", "dcapi_mapping_history",
               "dcapi_mapping_events", "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_token_mints",
-              "dcapi_snapshot_pages", "dcapi_system_rollup", "dcapi_missing_pairs", "dcapi_rollup_state"}
+              "dcapi_snapshot_pages", "dcapi_system_rollup", "dcapi_missing_pairs", "dcapi_rollup_state",
+              "dcapi_rollup_sources", "dcapi_bulletin_patches"}
 _pg_problem: list[str] = []  # cached reachability verdict: [] unknown, [""] fine, [reason] skip
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pmp_scrapy.envelope_stream import STREAM_ABOVE, LazySystems, load_big
 from pmp_scrapy.values_guard import describe_value, one_line
 
 #: Pages a sweep may have: 3 million systems at 30 a page. A larger count is a broken answer,
@@ -43,7 +44,7 @@ class Envelope:
     page: int | None
     total_pages: int
     total_records: int
-    systems: list[dict[str, Any]]
+    systems: list[dict[str, Any]] | LazySystems  # lazy for a body past STREAM_ABOVE bytes
 
 
 def _count(metadata: dict[str, Any], key: str, maximum: int) -> int:
@@ -73,7 +74,7 @@ def _load(body: bytes) -> Any:
     if not body or not body.strip():
         raise PayloadError("json_parse_error", "empty response body")
     try:
-        return json.loads(body)
+        return load_big(body) if len(body) > STREAM_ABOVE else json.loads(body)
     except RecursionError:
         raise PayloadError("invalid_payload", "the JSON is nested too deeply to read (RecursionError)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -121,9 +122,9 @@ def parse_envelope(body: bytes, page: int | None = None, page_limit: int | None 
     if not isinstance(response, dict):
         raise PayloadError("invalid_payload", "no message_response object in the envelope")
     systems = response.get("systemreport")
-    if not isinstance(systems, list):
+    if not isinstance(systems, (list, LazySystems)):
         raise PayloadError("invalid_payload", f"message_response.systemreport is {type(systems).__name__}, not a list")
-    for index, system in enumerate(systems):
+    for index, system in enumerate(systems if isinstance(systems, list) else ()):  # LazySystems: objects only
         if not isinstance(system, dict):
             raise PayloadError("invalid_payload", f"systemreport[{index}] is not an object")
     answered, total_pages, total_records = _check_paging(metadata, page, page_limit)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +107,7 @@ class PageRows:
                 f"{self.skipped_systems + self.skipped_patches} skipped)")
 
 
-def page_rows(systems: list[dict[str, Any]], page: int) -> PageRows:
+def page_rows(systems: Iterable[dict[str, Any]], page: int) -> PageRows:
     """Normalise a page's systems; warn about what cannot be stored.
 
     Raises :class:`~pmp_scrapy.envelope.PayloadError` (``invalid_payload``) naming the field when

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from pmp_scrapy.errors import NoDatabase, SnapshotIdConflict, StorageError
 from pmp_scrapy.plan import RunState
+from pmp_scrapy.storage import rollup
 from pmp_scrapy.storage.batch import Batch, CheckpointResult
 from pmp_scrapy.storage.commit import commit_batch, coverage_query, utcnow
 from pmp_scrapy.storage.engine import (
@@ -36,6 +37,7 @@ from pmp_scrapy.storage.schema import (
     runs,
     snapshot_pages,
     snapshots,
+    systems,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,12 +106,23 @@ class Store:
 
     # --- reads ------------------------------------------------------------------------------------
     def coverage(self, customer: str) -> int:
-        """Distinct systems with mappings (contract query; per customer for MSP tenants)."""
-        return self._run("reading coverage", self._coverage, customer, write=False)
+        """Distinct systems with mappings (contract query; per customer for MSP tenants), read at
+        the start of a run. Checkpoints count the report roll-ups instead; when those disagree
+        with the mappings (rows deleted or written outside the extractor, e.g. a retention job),
+        the customer's roll-ups are rebuilt here first, so every later count is the contract's."""
+        return self._run("reading coverage", self._coverage, customer)
 
     @staticmethod
     def _coverage(conn: Connection, customer: str) -> int:
-        return int(conn.execute(coverage_query(customer)).scalar_one())
+        covered = int(conn.execute(coverage_query(customer)).scalar_one())
+        if not _rollup_agrees(conn, customer, covered):
+            present = [row[0] for row in conn.execute(select(systems.c.resource_id).where(
+                systems.c.customer == customer))]
+            logger.warning("the report roll-ups of customer %r disagree with patch_system_mapping (rows changed "
+                           "outside the extractor): rebuilding them for its %d systems", customer, len(present),
+                           extra={"event_type": "rollup_rebuilt", "systems": len(present)})
+            rollup.refresh(conn, present)
+        return covered
 
     def load_state(self, customer: str) -> RunState:
         """The customer's latest snapshot, its checkpoint and open gaps."""
@@ -249,6 +262,19 @@ class Store:
         return self._run("reading the last run", lambda conn: conn.execute(
             select(runs.c.systems_with_mappings).where(runs.c.customer == customer)
             .order_by(runs.c.run_id.desc()).limit(1)).scalar(), write=False)
+
+
+def _rollup_agrees(conn: Connection, customer: str, covered: int) -> bool:
+    """Whether the customer's roll-ups count the systems and mappings patch_system_mapping holds
+    for its present systems (two counts over an index: once a run, never per checkpoint)."""
+    if rollup.coverage(conn, customer) != covered:
+        return False
+    present = select(systems.c.resource_id).where(systems.c.customer == customer, systems.c.retired_at.is_(None))
+    mappings = conn.execute(select(func.count()).select_from(patch_system_mapping).where(
+        patch_system_mapping.c.resource_id.in_(present))).scalar_one()
+    rolled = conn.execute(text("SELECT COALESCE(SUM(mappings), 0) FROM dcapi_system_rollup WHERE customer = :customer"),
+                          {"customer": customer}).scalar_one()
+    return int(mappings) == int(rolled)
 
 
 def _start_snapshot(conn: Connection, customer: str, page_limit: int, abandon: int | None, source: str) -> int:

@@ -94,9 +94,16 @@ def write_html(url: str, path: str, scope: Scope, *, every_customer: bool) -> Pa
     from pmp_scrapy.storage.report_reader import reading, utcnow
 
     with reading(url) as reader:
+        _tell(reader.notice)
         names = (reader.customers() or [""]) if every_customer else [scope.customer]
         sections = [overview(reader, replace(scope, customer=name)) for name in names]
     return write_private(path, render_html(sections, database=safe_url(url), now=utcnow()))
+
+
+def _tell(notice: str | None) -> None:
+    """A notice of the reader's (roll-ups brought up to date first) as one line on stderr."""
+    if notice:
+        print(f"pmp_scrapy: {notice}", file=sys.stderr, flush=True)
 
 
 class Command(ScrapyCommand):
@@ -158,6 +165,7 @@ class Command(ScrapyCommand):
                 print(f"pmp_scrapy report: wrote {written}")
                 return
             with reading(url) as reader:
+                _tell(reader.notice)
                 result = answer(reader, form, getattr(opts, form, None), scope, rows=opts.output == "csv")
         except NoExtractionData as exc:
             self._fail(opts, "no_data", f"{exc}; {HINT}")

@@ -73,10 +73,10 @@ def to_csv(form: str, answer: dict[str, Any]) -> str:
     """The rows behind the answer as CSV with a header line."""
     columns, rows = csv_table(form, answer)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({name: _cell(row.get(name)) for name in columns})
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    # Plain lists, not DictWriter: the summary's CSV is a row per system (33,000 on a big estate).
+    writer.writerows([_cell(row.get(name)) for name in columns] for row in rows)
     return out.getvalue()
 
 

@@ -10,6 +10,7 @@ of a report comes from the same moment even while a crawl commits.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,19 +18,21 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, inspect, text
+from sqlalchemy import Connection, Engine, bindparam, inspect, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pmp_scrapy.errors import PMPError, StorageError
 from pmp_scrapy.reporting.sla import parse_sla_days
 from pmp_scrapy.storage.engine import describe_error, open_engine, safe_url
+from pmp_scrapy.storage.rollup import is_current
 from pmp_scrapy.storage.status import NoExtractionData
 from pmp_scrapy.storage.views import with_views
 
 #: Tables the views read; an older database lacks some until a crawl of this version opens it.
 REPORT_TABLES = ("patch_system_mapping", "dcapi_systems", "dcapi_snapshots", "dcapi_mapping_history",
                  "dcapi_patch_catalog", "dcapi_patch_cves", "dcapi_mapping_events",
-                 "dcapi_extraction_checkpoints", "dcapi_system_rollup", "dcapi_missing_pairs")
+                 "dcapi_extraction_checkpoints", "dcapi_system_rollup", "dcapi_missing_pairs",
+                 "dcapi_bulletin_patches")
 TOP = 10  # entries of the summary's lists unless --limit says otherwise
 
 
@@ -112,9 +115,11 @@ def number(value: Any) -> float | None:
 class Reader:
     """One read transaction on the database; queries are SQL over the inlined views."""
 
-    def __init__(self, conn: Connection, url: str) -> None:
+    def __init__(self, conn: Connection, url: str, notice: str | None = None) -> None:
         self.conn, self.url = conn, url
         self.dialect = conn.dialect.name
+        #: one line for the user when opening had to bring the roll-ups up to date first
+        self.notice = notice
 
     def sql(self, query: str, views: tuple[str, ...], params: dict[str, Any]) -> Any:
         """``query``, reading the named ``views``, as a statement; a list or tuple parameter
@@ -172,26 +177,57 @@ def reading(url: str, *, busy_timeout: float = 15.0) -> Iterator[Reader]:
     """A :class:`Reader` on the database at ``url``, which is never created.
 
     Raises :class:`StorageError` (no database, unreachable, made by a version without the report
-    tables) and :class:`NoExtractionData` (none of the extractor's tables)."""
+    tables) and :class:`NoExtractionData` (none of the extractor's tables).
+
+    When the roll-ups are not current (absent, another definition's, or stale after a crawl by a
+    version that keeps none), the database is first brought up to this version as a crawl's open
+    would (:func:`~.engine.open_engine`: schema upgrade, roll-ups rebuilt), the only write a
+    report makes; ``Reader.notice`` then says so. Where that is refused (a read-only role), stale
+    roll-ups are read as they are, with a notice."""
     engine = open_engine(url, busy_timeout=busy_timeout, create=False)
+    try:
+        notice = _bring_up_to_date(engine, url, busy_timeout)
+    except BaseException:
+        engine.dispose()
+        raise
     try:
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")
             with conn.begin():
                 tables = set(inspect(conn).get_table_names())
-                if not tables & {"patch_system_mapping", "dcapi_snapshots", "dcapi_runs"}:
-                    raise NoExtractionData(f"the database {safe_url(url)} holds no extraction data yet")
                 absent = [name for name in REPORT_TABLES if name not in tables]
                 if absent:
                     raise StorageError(f"the database {safe_url(url)} was made by an older pmp_scrapy (no "
                                        f"{', '.join(absent)}); run `scrapy crawl dcapi_patches` once to upgrade it")
                 _tune(conn)
-                yield Reader(conn, url)
+                yield Reader(conn, url, notice)
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot read {safe_url(url)}: {describe_error(exc)}") from None
     finally:
         engine.dispose()
+
+
+def _bring_up_to_date(engine: Engine, url: str, busy_timeout: float) -> str | None:
+    """Check (reading only) that the database holds extraction data and current roll-ups; when
+    the roll-ups are not current, open it as a crawl would, which rebuilds them. Returns the
+    notice for the user, or ``None`` when nothing was needed."""
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if not tables & {"patch_system_mapping", "dcapi_snapshots", "dcapi_runs"}:
+                raise NoExtractionData(f"the database {safe_url(url)} holds no extraction data yet")
+            if is_current(conn, tables):
+                return None
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot read {safe_url(url)}: {describe_error(exc)}") from None
+    started = time.monotonic()
+    try:
+        open_engine(url, busy_timeout=busy_timeout).dispose()
+    except StorageError as exc:
+        return f"the report roll-ups are out of date and could not be rebuilt ({exc}); answers may be behind"
+    return (f"report roll-ups brought up to date first ({time.monotonic() - started:.1f} s): a crawl by an "
+            "older pmp_scrapy wrote since, or this version defines them otherwise")
 
 
 def _tune(conn: Connection) -> None:

@@ -226,12 +226,16 @@ def _reach(rows: list[dict[str, Any]], patches: list[str], scope: Scope) -> dict
 
 def bulletin(reader: Reader, scope: Scope, key: str) -> dict[str, Any]:
     """Coverage of the present systems for bulletin ``key`` (ignoring case): the patches whose
-    mapping rows carry it (or, when no system has one, the catalog's)."""
+    mapping rows carry it (or, when no system has one, the catalog's). Reads
+    ``dcapi_bulletin_patches``, ``dcapi_v_mappings`` and ``dcapi_patch_catalog``."""
     key = key.strip()
     where, params = reader.severity_filter(scope)
+    # The bulletin's patches from dcapi_bulletin_patches (kept with the roll-ups, folded by the
+    # same lower()), then their rows by idx_psm_patch: not a pass over every mapping.
     rows = reader.rows(
         "SELECT resource_id, resource_name, patch_id, bulletinid, is_missing FROM dcapi_v_mappings "
-        f"WHERE customer = :customer AND {equals_folded_sql(reader.dialect, 'bulletinid', ':key')}{where}",
+        "WHERE customer = :customer AND patch_id IN (SELECT patch_id FROM dcapi_bulletin_patches "
+        f"WHERE bulletin_key = lower(:key)) AND {equals_folded_sql(reader.dialect, 'bulletinid', ':key')}{where}",
         "dcapi_v_mappings", customer=scope.customer, key=key, **params)
     patches = sorted({row["patch_id"] for row in rows})
     spelled = rows[0]["bulletinid"] if rows else key

@@ -53,12 +53,11 @@ def head(reader: Reader, scope: Scope) -> dict[str, Any]:
 
 def _system_names(reader: Reader, customer: str, rids: list[str]) -> dict[str, str | None]:
     """Resource names of these systems (``dcapi_systems``); all of the customer's when many."""
-    if len(rids) > 500:
-        rows = reader.rows("SELECT resource_id, resource_name FROM dcapi_systems WHERE customer = :customer",
-                           customer=customer)
-    else:
-        rows = reader.rows("SELECT resource_id, resource_name FROM dcapi_systems WHERE customer = :customer "
-                           "AND resource_id IN :rids", customer=customer, rids=rids) if rids else []
+    if len(rids) > 500:  # the driver's tuples: SQLAlchemy's rows cost ~0.3 s for 33,000 systems
+        return dict(reader.stream("SELECT resource_id, resource_name FROM dcapi_systems WHERE customer = :customer",
+                                  customer=customer))
+    rows = reader.rows("SELECT resource_id, resource_name FROM dcapi_systems WHERE customer = :customer "
+                       "AND resource_id IN :rids", customer=customer, rids=rids) if rids else []
     return {row["resource_id"]: row["resource_name"] for row in rows}
 
 
@@ -148,12 +147,17 @@ def _sla_by_severity(shown: tuple[str, ...], scope: Scope, systems: dict[str, Sy
 
 def _system_entry(rid: str, names: dict[str, str | None], tally: SystemTally, past: dict[str, int],
                   now: datetime) -> dict[str, Any]:
+    by_severity = tally.by_severity
     entry: dict[str, Any] = {"resource_id": rid, "resource_name": names.get(rid)}
-    entry.update({f"missing_{name.lower()}": tally.by_severity.get(name, 0) for name in SEVERITIES})
-    entry.update(missing_count=tally.missing, past_sla=past.get(rid, 0),
-                 oldest_missing_since=iso(tally.oldest),
-                 oldest_missing_days=days_between(tally.oldest, now))
+    for name, key in _MISSING_KEYS:
+        entry[key] = by_severity.get(name, 0)
+    entry["missing_count"], entry["past_sla"] = tally.missing, past.get(rid, 0)
+    entry["oldest_missing_since"] = iso(tally.oldest)
+    entry["oldest_missing_days"] = days_between(tally.oldest, now)
     return entry
+
+
+_MISSING_KEYS = tuple((name, f"missing_{name.lower()}") for name in SEVERITIES)
 
 
 def _most_missed(reader: Reader, scope: Scope, patches: dict[str, PatchTally],

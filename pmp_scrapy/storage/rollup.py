@@ -190,12 +190,20 @@ def is_current(conn: Connection, tables: set[str]) -> bool:
     return stored == definition(conn.dialect.name) and not stale_customers(conn)
 
 
+def build(conn: Connection) -> int:
+    """Build every roll-up from scratch (:func:`.rollup_build.build`) and record what they are up
+    to; the caller's transaction. Returns the number of systems rolled up."""
+    from pmp_scrapy.storage.rollup_build import build as build_all  # the full build: only when needed
+
+    built = build_all(conn)
+    record_sources(conn)
+    return built
+
+
 def ensure_built(conn: Connection) -> bool:
     """Build the roll-ups when ``dcapi_rollup_state`` does not name this version's definition, or
     when they are stale (:func:`stale_customers`); returns whether it built them. Reads and writes
     the roll-up tables, their state row and their sources."""
-    from pmp_scrapy.storage.rollup_build import build  # the full build: only when needed
-
     wanted = definition(conn.dialect.name)
     stored = conn.execute(text("SELECT definition FROM dcapi_rollup_state WHERE name = :name"),
                           {"name": STATE_NAME}).scalar()
@@ -203,7 +211,7 @@ def ensure_built(conn: Connection) -> bool:
     if stored == wanted and not stale:
         return False
     if stale:
-        logger.warning("report roll-ups are behind dcapi_systems for %s (a crawl by a version that keeps no "
+        logger.info("report roll-ups are behind dcapi_systems for %s (a crawl by a version that keeps no "
                        "roll-ups wrote since): rebuilding them", ", ".join(repr(c) for c in stale),
                        extra={"event_type": "rollups_stale", "customers": stale})
     started = time.monotonic()
@@ -211,7 +219,6 @@ def ensure_built(conn: Connection) -> bool:
     conn.execute(text("DELETE FROM dcapi_rollup_state WHERE name = :name"), {"name": STATE_NAME})
     conn.execute(text("INSERT INTO dcapi_rollup_state (name, definition) VALUES (:name, :definition)"),
                  {"name": STATE_NAME, "definition": wanted})
-    record_sources(conn)
     if built:
         logger.info("report roll-ups built for %d systems in %.1f s", built, time.monotonic() - started,
                     extra={"event_type": "rollups_built", "systems": built})

@@ -1,6 +1,12 @@
 """Read-only queries behind ``scrapy status``: coverage, snapshot, checkpoint, gaps and the last
 run of each customer. Never creates the database or a table, never writes a row; a table that
 an older database lacks reads as empty.
+
+Coverage (systems with mappings) and the mapping count come from the report roll-ups
+(:mod:`.rollup`: one row per present system with a mapping, holding its count) when they are
+current, which gives the contract's ``COUNT(DISTINCT resource_id)`` without passing over every
+mapping; from the mappings themselves when the roll-ups are absent, of another definition or
+stale (a crawl by a version that keeps none wrote since).
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from sqlalchemy import Connection, and_, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
-from pmp_scrapy.storage.engine import describe_error, safe_url
+from pmp_scrapy.storage.engine import describe_error, make_private, open_engine, safe_url, sqlite_path
+from pmp_scrapy.storage.rollup import is_current
 from pmp_scrapy.storage.schema import (
     checkpoints,
     gap_state,
@@ -21,9 +28,9 @@ from pmp_scrapy.storage.schema import (
     patch_system_mapping,
     runs,
     snapshots,
+    system_rollup,
     systems,
 )
-from pmp_scrapy.storage.store import Store
 
 
 class NoExtractionData(StorageError):
@@ -85,18 +92,30 @@ def _customers(conn: Connection, tables: set[str]) -> list[str]:
     return sorted(found) or [""]
 
 
-def _customer_status(conn: Connection, store: Store, customer: str, tables: set[str]) -> CustomerStatus:
+def _coverage(conn: Connection, customer: str, rolled_up: bool) -> tuple[int, int]:
+    """(systems with mappings, their mappings) of ``customer``'s present systems: the roll-up's
+    row count and sum when current, else the contract's query and a count over the mappings."""
+    if rolled_up:
+        count, mappings = conn.execute(select(func.count(), func.coalesce(func.sum(system_rollup.c.mappings), 0))
+                                       .where(system_rollup.c.customer == customer)).one()
+        return int(count), int(mappings)
+    from pmp_scrapy.storage.commit import coverage_query  # the crawl's module: only for this fallback
+
+    present = select(systems.c.resource_id).where(systems.c.customer == customer)
+    if "retired_at" in {c["name"] for c in inspect(conn).get_columns(systems.name)}:
+        present = present.where(systems.c.retired_at.is_(None))
+    mappings = conn.execute(select(func.count()).select_from(patch_system_mapping).where(
+        patch_system_mapping.c.resource_id.in_(present))).scalar_one()
+    return int(conn.execute(coverage_query(customer)).scalar_one()), int(mappings)
+
+
+def _customer_status(conn: Connection, customer: str, tables: set[str], rolled_up: bool) -> CustomerStatus:
     status = CustomerStatus(customer=customer)
     if patch_system_mapping.name in tables and (not customer or systems.name in tables):
-        status.systems_with_mappings = store.coverage(customer)
-        present = select(systems.c.resource_id).where(systems.c.customer == customer)
+        status.systems_with_mappings, status.mappings = _coverage(conn, customer, rolled_up)
         if "retired_at" in {c["name"] for c in inspect(conn).get_columns(systems.name)}:
-            present = present.where(systems.c.retired_at.is_(None))
             status.retired_systems = int(conn.execute(select(func.count()).select_from(systems).where(
                 systems.c.customer == customer, systems.c.retired_at.is_not(None))).scalar_one())
-        query = select(func.count()).select_from(patch_system_mapping).where(
-            patch_system_mapping.c.resource_id.in_(present))
-        status.mappings = int(conn.execute(query).scalar_one())
     if snapshots.name in tables:
         def latest(column: Any) -> Any:
             return conn.execute(select(column).where(snapshots.c.customer == customer, column.is_not(None))
@@ -152,16 +171,19 @@ def read_status(url: str, customer: str | None = None, *, busy_timeout: float = 
 
     Raises :class:`StorageError` when there is no database (it is never created) and
     :class:`NoExtractionData` when it holds none of the extractor's tables."""
-    store = Store(url, busy_timeout=busy_timeout)
-    store.open(create=False)
+    engine = open_engine(url, busy_timeout=busy_timeout, create=False)
     try:
-        with store.engine.connect() as conn:
+        with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
             if not tables & {patch_system_mapping.name, snapshots.name, runs.name}:
                 raise NoExtractionData(f"the database {safe_url(url)} holds no extraction data yet")
             names = [customer or ""] if customer is not None else _customers(conn, tables)
-            return [_customer_status(conn, store, name, tables) for name in names]
+            rolled_up = is_current(conn, tables)
+            return [_customer_status(conn, name, tables, rolled_up) for name in names]
     except SQLAlchemyError as exc:
         raise StorageError(f"cannot read {safe_url(url)}: {describe_error(exc)}") from None
     finally:
-        store.close()
+        engine.dispose()
+        path = sqlite_path(url)
+        if path is not None:
+            make_private(path)

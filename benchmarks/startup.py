@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--before", type=Path, help="another checkout to time the same way")
     options = parser.parse_args(argv)
-    from report import Estate, build  # the report benchmark's database builder
+    from report_data import Estate, build  # the report benchmark's database builder
 
     trees = [("before", options.before.resolve())] if options.before else []
     trees.append(("now", ROOT))

@@ -44,6 +44,18 @@ def fix_mmap_threshold() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+def trim_heap() -> bool:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``), e.g. between two
+    crawls of one process; ``False`` where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(malloc_trim(0))
+
+
 def apply() -> None:
     """Both measures of the module docstring."""
     skip_unused_imports()

@@ -53,6 +53,7 @@ from pmp_scrapy.customers import (
     resolve,
 )
 from pmp_scrapy.errors import ConfigError, StorageError
+from pmp_scrapy.footprint import trim_heap
 from pmp_scrapy.lock_share import lend_lock
 from pmp_scrapy.middlewares.auth import SharedToken, share_token
 from pmp_scrapy.msp_discovery import CustomerListSpider, Discovery
@@ -131,6 +132,8 @@ class CustomerSweep:
             discovery = self.process.create_crawler(CustomerListSpider)
             share_token(discovery, self.shared)
             await self._crawl(discovery, sweep=self, **self.arguments)
+            self._collect()
+            del discovery
             if self.discovery.names is None:
                 return
             try:
@@ -152,8 +155,8 @@ class CustomerSweep:
                 self._current = None
                 self.config = get_config(crawler)
                 go_on = self._go_on(name, crawler)
-                del crawler  # the next customer's crawl does not keep this one's engine alive
-                gc.collect()
+                del crawler
+                self._collect()
                 if not go_on:
                     return
         except Exception as exc:  # a bug here must still stop the reactor, and say why
@@ -214,6 +217,16 @@ class CustomerSweep:
                                float(read(crawler.settings, "PMP_RATE_MARGIN")))
         except ConfigError:
             return 0.25  # the crawl refused the setting already; the contract's spacing
+
+    def _collect(self) -> None:
+        """Let the crawl that just ended go before the next one starts: its prompt-stop handler is
+        still the process's signal handler (a reference the garbage collector cannot see, which
+        kept each finished customer's crawler, engine and caches alive through the next
+        customer's sweep), so the handlers found before the first crawl are put back, then its
+        cycles are collected and the freed heap given back to the system."""
+        self._restore_signal_handlers()
+        gc.collect()
+        trim_heap()
 
     def _restore_signal_handlers(self) -> None:
         if self._stopping.is_set():

@@ -4,7 +4,10 @@ Three customers of 3,317 managed systems each (about 3,210 in DCAPI: 107 to 109 
 every PMP answer after ``--latency`` seconds (2.5 by default), the simulator's strict rate
 limiter on (4 a second, HTML throttle page) in its own process; each job is one real ``scrapy
 crawl dcapi_patches`` subprocess at the contract's pace (``DOWNLOAD_DELAY=0.25``): first one
-customer alone (``-a customer=Acme``; skip with ``--no-single``), then ``-a customer=all``.
+customer alone (``-a customer=Acme``; skip with ``--no-single``), then ``-a customer=all``, then
+the same ``customer=all`` job again on its database (a refresh: every customer's previous
+snapshot is known, so each asks for its pages 2.. while its page 1 is answered; skip with
+``--no-resweep``).
 
 Prints per job its wall time (process start to exit) and the server's span (first arrival to
 last answer) against the bound (pages × 0.25 s: what the rate limit allows for the pages alone;
@@ -24,12 +27,13 @@ import argparse
 import json
 import sqlite3
 import tempfile
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness import CrawlProcess, simulator_process, tenant_pages
+from harness import RSS_BUDGET_MB, Crawl, CrawlProcess, simulator_process, tenant_pages
 
 from pmp_scrapy.simulator import DatasetSpec, Scenario
 
@@ -57,13 +61,24 @@ def spans(pmp: list[dict[str, Any]]) -> tuple[float, float]:
     return min(r["t"] for r in pmp), max(r["answered"] or r["t"] for r in pmp)
 
 
-def run(scenario: Scenario, customer: str, label: str, bound: float) -> None:
-    """One ``-a customer=...`` job into a fresh database against a fresh simulator; prints its figures."""
+def run(scenario: Scenario, customer: str, label: str, bound: float, *, resweep: bool = False) -> None:
+    """One ``-a customer=...`` job into a fresh database against a fresh simulator; prints its
+    figures. ``resweep``: then the same job again (``PMP_REFRESH_INTERVAL=1``: every customer's
+    previous snapshot is known, so each asks for its pages 2.. before page 1 answers)."""
     with tempfile.TemporaryDirectory() as tmp, simulator_process(scenario) as url:
         db = Path(tmp) / "bench.db"
-        crawl = CrawlProcess(url, f"sqlite:///{db}", customer=customer, DOWNLOAD_DELAY=LIMIT_DELAY).wait()
-        records, refused = server_record(url)
-        stored = rows_by_customer(db)
+        jobs = [(label, {})] + ([(f"{label} again", {"PMP_REFRESH_INTERVAL": 1})] if resweep else [])
+        for job_label, extra in jobs:
+            if extra:
+                time.sleep(1.1)  # the snapshots are older than PMP_REFRESH_INTERVAL=1
+                urllib.request.urlopen(urllib.request.Request(f"{url}/_sim/reset", method="POST", data=b"")).close()
+            crawl = CrawlProcess(url, f"sqlite:///{db}", customer=customer, DOWNLOAD_DELAY=LIMIT_DELAY, **extra).wait()
+            records, _ = server_record(url)
+            report(job_label, crawl, records, rows_by_customer(db), bound)
+
+
+def report(label: str, crawl: Crawl, records: list[dict[str, Any]], stored: dict[str, int], bound: float) -> None:
+    """One job's figures (see the module docstring)."""
     pmp = [r for r in records if r["kind"] in PMP_KINDS]
     first, last = spans(pmp)
     span, every = last - first, len(pmp) * LIMIT_DELAY
@@ -75,8 +90,10 @@ def run(scenario: Scenario, customer: str, label: str, bound: float) -> None:
     refusals = [r for r in pmp if r.get("fault") == "rate_limited"]
     where = ", ".join(f"{r['kind']} {r.get('customer')} page {r.get('page')} at +{r['t'] - first:.1f}s"
                       for r in refusals)
-    print(f"{'':<10} refused for rate {refused}{': ' + where if where else ''}")
-    print(f"{'':<10} peak RSS {crawl.peak_rss_mb:.1f} MB, cpu {crawl.cpu_s:.1f}s")
+    print(f"{'':<10} refused for rate {len(refusals)}{': ' + where if where else ''}; most PMP arrivals in 1 s "
+          f"{most_in_window([r['t'] for r in pmp])}")
+    print(f"{'':<10} peak RSS {crawl.peak_rss_mb:.1f} MB ({'within' if crawl.peak_rss_mb < RSS_BUDGET_MB else 'OVER'} "
+          f"{RSS_BUDGET_MB:.0f} MB), cpu {crawl.cpu_s:.1f}s")
     previous_end = None
     for name in CUSTOMERS:
         own = [r for r in pmp if r.get("customer") == name]
@@ -92,11 +109,22 @@ def run(scenario: Scenario, customer: str, label: str, bound: float) -> None:
         print(crawl.stderr.strip()[-2000:])
 
 
+def most_in_window(times: list[float], window: float = 1.0) -> int:
+    times, best, start = sorted(times), 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", type=int, default=3317, help="managed systems per customer")
     parser.add_argument("--latency", type=float, default=2.5, help="seconds per PMP answer")
     parser.add_argument("--no-single", action="store_true", help="skip the one-customer job run first for comparison")
+    parser.add_argument("--no-resweep", action="store_true", help="skip the second customer=all job (previous "
+                                                                  "snapshots known)")
     args = parser.parse_args()
     customers = {name: DatasetSpec(managed_systems=args.systems, seed=11 + k) for k, name in enumerate(CUSTOMERS)}
     scenario = Scenario(customers=customers, latency=args.latency,
@@ -108,7 +136,7 @@ def main() -> None:
           flush=True)
     if not args.no_single:
         run(scenario, CUSTOMERS[0], CUSTOMERS[0], pages[CUSTOMERS[0]] * LIMIT_DELAY)
-    run(scenario, "all", "all", sum(pages.values()) * LIMIT_DELAY)
+    run(scenario, "all", "all", sum(pages.values()) * LIMIT_DELAY, resweep=not args.no_resweep)
 
 
 if __name__ == "__main__":

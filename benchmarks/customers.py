@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import RSS_BUDGET_MB, Crawl, CrawlProcess, simulator_process, tenant_pages
+from pace import most_in_window
 
 from pmp_scrapy.simulator import DatasetSpec, Scenario
 
@@ -107,15 +108,6 @@ def report(label: str, crawl: Crawl, records: list[dict[str, Any]], stored: dict
         previous_end = end
     if crawl.exit_code != 0:
         print(crawl.stderr.strip()[-2000:])
-
-
-def most_in_window(times: list[float], window: float = 1.0) -> int:
-    times, best, start = sorted(times), 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def main() -> None:

@@ -45,9 +45,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pmp_scrapy.errors import NoDatabase, StorageError
-from pmp_scrapy.storage.schema import metadata
-from pmp_scrapy.storage.schema_check import schema_problems
-from pmp_scrapy.storage.schema_upgrade import build_rollups, upgrade_schema
 from pmp_scrapy.storage.sqlite_file import (
     check_sqlite_file,
     directory_problem,
@@ -55,7 +52,6 @@ from pmp_scrapy.storage.sqlite_file import (
     make_private,
     prepare_sqlite_file,
 )
-from pmp_scrapy.storage.view_setup import create_views
 from pmp_scrapy.storage.watchdog import Limits, give_up_after, guard_dialect, postgres_connect_args, postgres_session
 
 logger = logging.getLogger(__name__)
@@ -255,6 +251,12 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
 def _create_schema(engine: Engine, path: Path | None, started: float, busy_timeout: float) -> None:
     """Absent tables and columns, the schema check and the views, in one write transaction. On
     SQLite the transaction waits only what is left of the busy timeout (open waits it once)."""
+    # Imported here: a reader's open (create=False: scrapy status, scrapy report) needs none of them.
+    from pmp_scrapy.storage.schema import metadata
+    from pmp_scrapy.storage.schema_check import schema_problems
+    from pmp_scrapy.storage.schema_upgrade import build_rollups, upgrade_schema
+    from pmp_scrapy.storage.view_setup import create_views
+
     with engine.connect() as conn:
         raw = conn.connection.driver_connection if path is not None else None
         if raw is not None:

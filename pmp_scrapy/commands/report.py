@@ -142,8 +142,7 @@ class Command(ScrapyCommand):
         from pmp_scrapy.reporting.render import to_csv, to_json, to_table
         from pmp_scrapy.reporting.sla import parse_sla_days
         from pmp_scrapy.storage.engine import safe_url
-        from pmp_scrapy.storage.report_reader import Scope, UnknownSubject, reading
-        from pmp_scrapy.storage.status import NoExtractionData
+        from pmp_scrapy.storage.report_reader import NoExtractionData, Scope, UnknownSubject, reading
 
         assert self.settings is not None
         settings = self.settings.copy()

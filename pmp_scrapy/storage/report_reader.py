@@ -25,7 +25,6 @@ from pmp_scrapy.errors import PMPError, StorageError
 from pmp_scrapy.reporting.sla import parse_sla_days
 from pmp_scrapy.storage.engine import describe_error, open_engine, safe_url
 from pmp_scrapy.storage.rollup import is_current
-from pmp_scrapy.storage.status import NoExtractionData
 from pmp_scrapy.storage.views import with_views
 
 #: Tables the views read; an older database lacks some until a crawl of this version opens it.
@@ -34,6 +33,11 @@ REPORT_TABLES = ("patch_system_mapping", "dcapi_systems", "dcapi_snapshots", "dc
                  "dcapi_extraction_checkpoints", "dcapi_system_rollup", "dcapi_missing_pairs",
                  "dcapi_bulletin_patches")
 TOP = 10  # entries of the summary's lists unless --limit says otherwise
+
+
+class NoExtractionData(StorageError):
+    """Raised by :func:`reading` and :func:`pmp_scrapy.storage.status.read_status` when the
+    database has none of the extractor's tables."""
 
 
 class UnknownSubject(PMPError):

@@ -8,6 +8,8 @@ column ('' for a single-tenant PMP) so MSP tenants share one database.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import (
     REAL,
     TIMESTAMP,
@@ -22,9 +24,19 @@ from sqlalchemy import (
     text,
 )
 
-from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS  # the column order lives with the rows
+if TYPE_CHECKING:
+    from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS
 
 __all__ = ["MAPPING_FIELDS", "MAPPING_ROW_FIELDS", "metadata"]
+
+
+def __getattr__(name: str) -> Any:
+    """The column order of the rows (:mod:`pmp_scrapy.rows`), imported when asked for."""
+    if name in ("MAPPING_FIELDS", "MAPPING_ROW_FIELDS"):
+        from pmp_scrapy import rows
+
+        return getattr(rows, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 metadata = MetaData()
 _now = text("CURRENT_TIMESTAMP")
@@ -242,28 +254,21 @@ patch_catalog = Table(
 )
 
 patch_cves = Table(
-    "dcapi_patch_cves",
-    metadata,
-    Column("customer", Text, nullable=False, server_default=""),
-    Column("patch_id", Text, nullable=False),
-    Column("cve_id", Text, nullable=False),
-    PrimaryKeyConstraint("customer", "patch_id", "cve_id"),
-)
+    "dcapi_patch_cves", metadata, Column("customer", Text, nullable=False, server_default=""),
+    Column("patch_id", Text, nullable=False), Column("cve_id", Text, nullable=False),
+    PrimaryKeyConstraint("customer", "patch_id", "cve_id"))
 Index("idx_dcapi_patch_cves_cve", patch_cves.c.cve_id)
 
 # --- roll-ups (pmp_scrapy.storage.rollup keeps them in the batch-commit transaction) -------------
 # dcapi_v_mappings per present system with a mapping (their count is the coverage); dcapi_v_missing's pairs
 _SEVERITY_COLUMNS = ("critical", "important", "moderate", "low", "unrated")
 system_rollup = Table(
-    "dcapi_system_rollup",
-    metadata,
-    Column("customer", Text, nullable=False, server_default=""),
+    "dcapi_system_rollup", metadata, Column("customer", Text, nullable=False, server_default=""),
     Column("resource_id", Text, nullable=False),
     *(Column(name, Integer, nullable=False) for name in ("mappings", "installed", "missing")),
     *(Column(f"missing_{name}", Integer, nullable=False) for name in (*_SEVERITY_COLUMNS, "other")),
     *(Column(f"oldest_{name}_since", TIMESTAMP) for name in ("missing", *_SEVERITY_COLUMNS)),
-    PrimaryKeyConstraint("customer", "resource_id"),
-)
+    PrimaryKeyConstraint("customer", "resource_id"))
 missing_pairs = Table(
     "dcapi_missing_pairs", metadata, Column("customer", Text, nullable=False, server_default=""),
     *(Column(name, Text, nullable=False) for name in ("resource_id", "patch_id", "severity_name")),
@@ -275,26 +280,21 @@ Index("idx_dcapi_missing_age", _MP.customer, _MP.severity_name, _MP.missing_sinc
 rollup_state = Table(  # which definition built the roll-ups: another one (or none) rebuilds them at open
     "dcapi_rollup_state", metadata, Column("name", Text, primary_key=True),
     Column("definition", Text, nullable=False), Column("built_at", TIMESTAMP, server_default=_now))
-# Per customer, the dcapi_systems maxima the roll-ups were last brought up to: other values at
-# open mean a crawl that kept no roll-ups (an older version) wrote since, and they are rebuilt.
+# Per customer, the dcapi_systems maxima the roll-ups are up to: others at open mean stale (rollup.py)
 rollup_sources = Table(
     "dcapi_rollup_sources", metadata, Column("customer", Text, primary_key=True),
     Column("last_seen_at", TIMESTAMP), Column("retired_at", TIMESTAMP))
-# (folded bulletin id, patch id) of every mapping row carrying one, kept by the roll-ups (a
-# superset: never pruned but at a rebuild): --bulletin's way to its patches' rows by idx_psm_patch.
+# (folded bulletin, patch) of every mapping row with one (a superset until a rebuild): --bulletin's way in
 bulletin_patches = Table(
     "dcapi_bulletin_patches", metadata, Column("bulletin_key", Text, nullable=False),
     Column("patch_id", Text, nullable=False), PrimaryKeyConstraint("bulletin_key", "patch_id"))
 
 # --- shared limits of one tenant across runs ------------------------------------------------------
 token_mints = Table(
-    "dcapi_token_mints",
-    metadata,
-    Column("mint_id", Integer, primary_key=True, autoincrement=True),
+    "dcapi_token_mints", metadata, Column("mint_id", Integer, primary_key=True, autoincrement=True),
     Column("client_key", Text, nullable=False),  # a fingerprint of the client id, never a secret
     Column("minted_at", REAL, nullable=False),  # epoch seconds
-    sqlite_autoincrement=True,
-)
+    sqlite_autoincrement=True)
 Index("idx_dcapi_token_mints_client", token_mints.c.client_key, token_mints.c.minted_at)
 
 SEED_TABLES = frozenset({patch_system_mapping.name, checkpoints.name, gaps.name})

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pmp_scrapy.errors import StorageError
 from pmp_scrapy.storage.engine import describe_error, make_private, open_engine, safe_url, sqlite_path
+from pmp_scrapy.storage.report_reader import NoExtractionData
 from pmp_scrapy.storage.rollup import is_current
 from pmp_scrapy.storage.schema import (
     checkpoints,
@@ -31,10 +32,6 @@ from pmp_scrapy.storage.schema import (
     system_rollup,
     systems,
 )
-
-
-class NoExtractionData(StorageError):
-    """Raised by :func:`read_status` when the database has none of the extractor's tables."""
 
 
 @dataclass

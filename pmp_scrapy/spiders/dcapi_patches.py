@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from pmp_scrapy.config import apply_spider_arguments, get_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
+from pmp_scrapy.extensions.pacer import max_in_flight
 from pmp_scrapy.gaps import gap_type_for_failure, gap_type_for_status
 from pmp_scrapy.items import PageGap, PatchPage
 from pmp_scrapy.masking import scrub
@@ -64,8 +65,21 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         spider = super().from_crawler(crawler, *args)
         spider._page_totals = {}
         spider._reread_rounds = 0
+        spider.window = 2 * max_in_flight(crawler.settings) + 4
+        crawler.signals.connect(spider._ask_for_the_rest, signal=signals.spider_idle)
         crawler.signals.connect(spider._reread_shifted_pages, signal=signals.spider_idle)
         return spider
+
+    def _ask_for_the_rest(self) -> None:
+        """Idle with pages left to ask for (every answer asks for the next ones, so only an
+        answer that asked for none leaves this): ask for them now instead of ending the sweep."""
+        run = find_run(self.crawler)
+        if not self._pages_left() or (run is not None and run.abort_reason is not None):
+            return
+        self._unanswered = 0
+        for request in self._more_pages():
+            self.crawler.engine.crawl(request)
+        raise DontCloseSpider
 
     def _reread_shifted_pages(self) -> None:
         """At the end of the sweep, read again the pages answered before the tenant changed
@@ -147,6 +161,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
             yield self.page_request(page, retried_gap=True)
         if plan.first_page is not None:
             self._requested_through = plan.first_page
+            self._unanswered = 1
             yield self.page_request(plan.first_page)
             if self._total_pages is not None:
                 for request in self._more_pages():
@@ -165,6 +180,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         assert self.plan is not None
         page = response.meta["pmp_page"]
         retried = response.meta.get("pmp_retried_gap", False)
+        self._answered(response.meta)
         if self._refused_customer(response):
             return
         if response.status != 200:
@@ -206,6 +222,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
     def page_failed(self, failure: Failure) -> Iterator[Any]:
         """A page whose download raised after its last attempt (or was dropped)."""
         request = failure.request  # type: ignore[attr-defined]
+        self._answered(request.meta)
         if failure.check(IgnoreRequest):
             return  # the run is stopping (authentication); the page stays unclaimed
         page = request.meta["pmp_page"]

@@ -7,6 +7,11 @@ at real latency (seconds a page) the wait would leave the rate limit idle, so pa
 that count are asked for at the pace meanwhile, and answers for pages past the real last page
 (the tenant shrank) are dropped as no data and no gap. When no answer gives the page count
 (the first pages fail), the next pages are probed, a few at most.
+
+Pages are asked for lazily: at most :attr:`PagePlanning.window` of them unanswered at a time
+(twice what the pacer may keep in flight, plus a few), each answer asking for the next, so a
+tenant of 100,000 systems (3,300 pages) never has thousands of requests waiting in Scrapy's
+scheduler (memory), whatever page count an answer claims.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ class PagePlanning:
     _last_total_records: int | None = None
     _requested_through = 0  # the highest page asked for so far
     _expecting = False  # pages are being asked for on the previous snapshot's count
+    window = 36  # unanswered page requests at most (set from PMP_MAX_IN_FLIGHT by the spider)
+    _unanswered = 0  # page requests of this sweep asked for and not answered yet (gap retries aside)
 
     async def _expected_pages(self) -> AsyncIterator[scrapy.Request]:
         """A new snapshot's pages 2.. up to the page count of the snapshot before, asked for at
@@ -54,7 +61,11 @@ class PagePlanning:
                 if engine.needs_backout():
                     await asyncio.sleep(self.BACKOUT_POLL)
                     continue
+                if self._unanswered >= self.window:
+                    await asyncio.sleep(self.BACKOUT_POLL)
+                    continue
                 self._requested_through += 1
+                self._unanswered += 1
                 self.crawler.stats.inc_value("pmp/pages_expected")
                 yield self.page_request(self._requested_through)
         finally:
@@ -70,15 +81,27 @@ class PagePlanning:
         return last
 
     def _more_pages(self) -> Iterator[scrapy.Request]:
-        """Requests for pages not yet asked for, up to the batch end and the last page."""
+        """Requests for pages not yet asked for, up to the batch end and the last page, while
+        fewer than ``window`` are unanswered."""
         last = self._last_wanted_page()
         if last is None:
             if not self._expecting:  # else _expected_pages asks for the following pages
                 yield from self._probe()
             return
-        while self._requested_through < last:
+        while self._requested_through < last and self._unanswered < self.window:
             self._requested_through += 1
+            self._unanswered += 1
             yield self.page_request(self._requested_through)
+
+    def _answered(self, meta: dict[str, Any]) -> None:
+        """A page request of the sweep (not a gap's retry, not a re-read) has its answer."""
+        if not meta.get("pmp_retried_gap") and not meta.get("pmp_reread"):
+            self._unanswered = max(self._unanswered - 1, 0)
+
+    def _pages_left(self) -> bool:
+        """Whether pages up to the batch end or the last page remain to be asked for."""
+        last = self._last_wanted_page()
+        return last is not None and self._requested_through < last
 
     def _probe(self) -> Iterator[scrapy.Request]:
         """The page count is unknown because the first pages failed: try the next page, a few
@@ -93,6 +116,7 @@ class PagePlanning:
             return
         if plan.batch_end is None or following <= plan.batch_end:
             self._requested_through = following
+            self._unanswered += 1
             yield self.page_request(following)
 
     def _learn_total(self, total_pages: int, total_records: int) -> None:

@@ -69,6 +69,16 @@ def _cell(value: Any) -> Any:
     return value
 
 
+_RISKY_FIRST = frozenset("=+@\t\r-")
+
+
+def _cells(row: dict[str, Any], columns: list[str]) -> list[Any]:
+    """The row's values in column order, text a spreadsheet would run as a formula quoted
+    (:func:`_cell`, called only for text starting with a risky character: 400,000 cells a big CSV)."""
+    values = [row.get(name) for name in columns]
+    return [_cell(v) if type(v) is str and v and v[0] in _RISKY_FIRST else v for v in values]
+
+
 def to_csv(form: str, answer: dict[str, Any]) -> str:
     """The rows behind the answer as CSV with a header line."""
     columns, rows = csv_table(form, answer)
@@ -76,7 +86,7 @@ def to_csv(form: str, answer: dict[str, Any]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     # Plain lists, not DictWriter: the summary's CSV is a row per system (33,000 on a big estate).
-    writer.writerows([_cell(row.get(name)) for name in columns] for row in rows)
+    writer.writerows(_cells(row, columns) for row in rows)
     return out.getvalue()
 
 

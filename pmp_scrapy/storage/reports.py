@@ -64,7 +64,8 @@ def _system_names(reader: Reader, customer: str, rids: list[str]) -> dict[str, s
 def _rank_key(severities: tuple[str, ...]) -> Any:
     def key(item: tuple[str, SystemTally]) -> tuple[Any, ...]:
         rid, tally = item
-        return (*(-tally.by_severity.get(name, 0) for name in severities), -tally.missing, rid)
+        by_severity = tally.by_severity
+        return (*[-by_severity.get(name, 0) for name in severities], -tally.missing, rid)
     return key
 
 

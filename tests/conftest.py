@@ -157,6 +157,24 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "marked tests uses (over SWEEP, under those a call names)")
 
 
+# Modules whose tests measure time as the server or the clock sees it (arrivals per second, a stop
+# within seconds, a wait of exactly the timeout): they run alone, after the rest ran in parallel
+# (README's test command: ``-m "not serial"`` with several workers, then ``-m serial``), so that
+# other tests' load never stretches what they measure.
+SERIAL_MODULES = frozenset({
+    "test_catalog", "test_components_ops", "test_components_storage", "test_credentials", "test_customer_all",
+    "test_customers", "test_database_faults", "test_expected_pages", "test_hook", "test_pacing", "test_postgres",
+    "test_resume", "test_retries", "test_send_spacing", "test_simulator_catalog", "test_simulator_tenant",
+    "test_simulator_traffic", "test_slack", "test_stops", "test_tenant_lock", "test_terminal", "test_tokens",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture
 def crawl_against(db_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> CrawlAgainst:
     """See :class:`CrawlAgainst`; a module's ``pytestmark = pytest.mark.crawl_defaults(...)`` sets

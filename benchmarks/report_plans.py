@@ -29,8 +29,10 @@ def plan_queries(picked: dict[str, str], dialect: str) -> list[tuple[str, str, t
          (), {}),
         ("summary: missing systems per (patch, severity)", (f"SELECT patch_id, severity_name, COUNT(*), "
          f"MIN(missing_since) {pairs} GROUP BY patch_id, severity_name"), (), {}),
-        ("summary: pairs past the Critical SLA", (f"SELECT COUNT(*) {pairs} AND severity_name = 'Critical' "
-         "AND missing_since < :since"), (), {"since": since}),
+        ("summary: pairs past their SLA, per severity", (f"SELECT severity_name, COUNT(*) {pairs} AND ("
+         "(severity_name = 'Critical' AND missing_since < :since) OR (severity_name = 'Important' AND missing_since "
+         "< :since) OR (severity_name = 'Moderate' AND missing_since < :since) OR (severity_name = 'Low' AND "
+         "missing_since < :since)) GROUP BY severity_name"), (), {"since": since}),
         ("summary: the oldest Critical breaches", (f"SELECT missing_since, resource_id, patch_id {pairs} AND "
          "severity_name = 'Critical' AND missing_since < :since ORDER BY missing_since, resource_id, patch_id "
          "LIMIT 10"), (), {"since": since}),

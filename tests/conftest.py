@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,6 +394,31 @@ def scrapy_env(env: dict[str, str] | None = None) -> dict[str, str]:
     full_env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.null.Keyring"
     full_env.update(env or {})
     return full_env
+
+
+def sigkill_crawl_when(env: dict[str, str], ready: Callable[[], bool], *, timeout: float = 60,
+                       poll: float = 0.05) -> None:
+    """``scrapy crawl dcapi_patches`` in a subprocess (``env`` as :func:`crawl_env` makes it),
+    killed with SIGKILL as soon as ``ready()`` says so (it is asked every ``poll`` seconds while
+    the run goes on, at most ``timeout`` seconds); fails if the run ended before."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"],
+        cwd=ROOT, env=scrapy_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if ready():
+                break
+            time.sleep(poll)
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
 
 
 def scrapy_on_terminal(args: list[str], *, env: dict[str, str], timeout: float = 120) -> tuple[int, str, str]:

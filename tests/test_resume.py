@@ -4,10 +4,7 @@ the rows; a checkpoint that cannot be right is replaced by a new snapshot from p
 
 from __future__ import annotations
 
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import (
-    ROOT,
     SEVEN_PAGES,
     CrawlAgainst,
     crawl_env,
@@ -25,7 +21,7 @@ from conftest import (
     mapping_table,
     page_requests,
     scrapy_command,
-    scrapy_env,
+    sigkill_crawl_when,
 )
 from twisted.internet import reactor, task
 
@@ -89,25 +85,11 @@ def test_sigkill_mid_run_resumes_after_the_checkpoint(db_path: Path) -> None:
         for page in range(1, total_pages + 1):
             counts.append(counts[-1] + sum(per_system[r] for r in system_ids[(page - 1) * 30:page * 30]))
         env = crawl_env(sim, db_path, DOWNLOAD_DELAY="0.05", PMP_BATCH_PAGES="0", PMP_CHECKPOINT_EVERY="3")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"],
-            cwd=ROOT, env=scrapy_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and process.poll() is None:
-                page = claimed_rows_consistent(db_path, system_ids, counts)  # checked while it runs
-                if page is not None and page >= KILL_AT:
-                    break
-                time.sleep(0.02)
-            assert process.poll() is None, "the run ended before it could be killed"
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        assert process.returncode == -signal.SIGKILL
+        def far_enough() -> bool:
+            page = claimed_rows_consistent(db_path, system_ids, counts)  # checked while it runs
+            return page is not None and page >= KILL_AT
+
+        sigkill_crawl_when(env, far_enough, poll=0.02)
         killed_requests = page_requests(sim)
 
         # What the dead run left: the checkpoint covers only pages whose rows are committed.

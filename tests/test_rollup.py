@@ -8,17 +8,13 @@ The oracle is computed here in Python from the raw tables (``patch_system_mappin
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
-from conftest import ROOT, crawl_env, crawl_settings, oauth_env, run_crawl, scrapy_command, scrapy_env
+from conftest import crawl_env, crawl_settings, oauth_env, run_crawl, scrapy_command, sigkill_crawl_when
 from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
 
 from pmp_scrapy.reporting.codes import SEVERITIES, severity_name, status_name
@@ -165,24 +161,7 @@ def test_rollups_survive_sigkill_mid_sweep(db_path: Path) -> None:
     url = f"sqlite:///{db_path}"
     with Simulator(scenario=Scenario(dataset=DatasetSpec(managed_systems=1200))) as sim:
         env = crawl_env(sim, db_path, DOWNLOAD_DELAY="0.05", PMP_BATCH_PAGES="0", PMP_CHECKPOINT_EVERY="2")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "scrapy", "crawl", "dcapi_patches", "-s", "AUTOTHROTTLE_ENABLED=False"],
-            cwd=ROOT, env=scrapy_env(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 90
-            while time.monotonic() < deadline and process.poll() is None:
-                if db_path.exists() and checkpoint_page(url) >= 8:
-                    break
-                time.sleep(0.05)
-            assert process.poll() is None, "the run ended before it could be killed"
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    assert process.returncode == -signal.SIGKILL
+        sigkill_crawl_when(env, lambda: db_path.exists() and checkpoint_page(url) >= 8, timeout=90)
     assert_consistent(url)  # what the dead run committed, roll-ups included, and nothing else
     assert coverage_of(url) > 0
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 import pytest_twisted
 import sqlalchemy as sa
 from conftest import scrapy_command
-from test_rollup import SMALL, assert_consistent, sweep
+from test_rollup import SMALL, assert_consistent, rollup_digest, sweep
 from test_storage import database_url, postgres_url, url_rows  # noqa: F401 (fixtures)
 
 from pmp_scrapy.simulator import Scenario, Simulator
@@ -78,11 +77,6 @@ def write_as_an_older_version(url: str) -> None:
         engine.dispose()
 
 
-def roll_ups(url: str) -> list[Any]:
-    return (url_rows(url, "SELECT * FROM dcapi_system_rollup ORDER BY customer, resource_id")
-            + url_rows(url, "SELECT * FROM dcapi_missing_pairs ORDER BY customer, resource_id, patch_id"))
-
-
 @pytest_twisted.ensureDeferred
 async def test_rollups_left_behind_by_an_older_crawl_are_noticed_and_rebuilt(
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 (the fixture)
@@ -90,11 +84,11 @@ async def test_rollups_left_behind_by_an_older_crawl_are_noticed_and_rebuilt(
         await sweep(sim, database_url, monkeypatch)
     assert stale(database_url) == []  # every commit brought the sources up to date
     assert status_counts(database_url) == contract_counts(database_url)  # from the roll-ups
-    before = roll_ups(database_url)
+    before = rollup_digest(database_url)
 
     write_as_an_older_version(database_url)
     assert stale(database_url) == [""]
-    assert roll_ups(database_url) == before  # nothing rolled up: stale
+    assert rollup_digest(database_url) == before  # nothing rolled up: stale
     # status is right anyway (it counts from the mappings while the roll-ups are stale) ...
     assert status_counts(database_url) == contract_counts(database_url)
     # ... and the report brings the roll-ups up to date first, saying so in one line.

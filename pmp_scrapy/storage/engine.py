@@ -49,7 +49,7 @@ from pmp_scrapy.storage.sqlite_file import (
     check_sqlite_file,
     directory_problem,
     enable_wal,
-    make_private,
+    make_private,  # noqa: F401 - re-exported: store and status import it from here
     prepare_sqlite_file,
 )
 from pmp_scrapy.storage.watchdog import Limits, give_up_after, guard_dialect, postgres_connect_args, postgres_session
@@ -243,8 +243,8 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
         except StorageError as exc:
             engine.dispose()
             raise StorageError(f"cannot use database {safe_url(url)}: {exc}") from None
-        if path is not None:
-            make_private(path)
+    # The file was made private before any connection (prepare_sqlite_file), and SQLite creates
+    # -wal and -shm with its mode: nothing here may open it again while the pool holds connections.
     return engine
 
 

@@ -21,20 +21,50 @@ _PRIVATE = stat.S_IRUSR | stat.S_IWUSR
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def open_in_this_process(path: Path) -> bool:
+    """Whether a descriptor of this process (an SQLite connection's) has ``path`` open. Its
+    header must not be read then: closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included, and another process closing its connection then takes
+    itself for the last one and checkpoints and deletes the WAL under the live connection (a
+    corrupt database). Linux's /proc/self/fd tells; elsewhere ``False``."""
+    try:
+        target = os.stat(path)
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    for name in descriptors:
+        try:
+            held = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if (held.st_dev, held.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def _header(path: Path) -> bytes:
+    """The file's first bytes; an SQLite header without reading when this process has it open
+    (:func:`open_in_this_process`)."""
+    if open_in_this_process(path):
+        return SQLITE_HEADER
+    with open(path, "rb") as handle:
+        return handle.read(len(SQLITE_HEADER))
+
+
 def is_sqlite_file(path: Path) -> bool:
     """Whether ``path`` is an SQLite database file (or an empty file, a new one)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_HEADER))
+        head = _header(path)
     except OSError:
         return False
     return head in (b"", SQLITE_HEADER)
 
 
-def make_private(path: Path) -> None:
+def make_private(path: Path, *, known_sqlite: bool = False) -> None:
     """chmod 0600 the SQLite file and its -wal/-shm companions that exist; a file that is not an
-    SQLite database is never touched."""
-    if not is_sqlite_file(path):
+    SQLite database is never touched. ``known_sqlite``: the caller has used it as one, so its
+    header is not read (see :func:`open_in_this_process` for why reading it can hurt)."""
+    if not known_sqlite and not is_sqlite_file(path):
         return
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         try:
@@ -79,8 +109,7 @@ def check_sqlite_file(path: Path) -> None:
     if not path.is_file():
         raise StorageError(f"{path} is not an SQLite database file (it is a directory or a device)")
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(len(SQLITE_HEADER))
+        head = _header(path)
     except OSError as exc:
         raise StorageError(f"cannot read the database file {path}: {exc.strerror}") from None
     if head and head != SQLITE_HEADER:

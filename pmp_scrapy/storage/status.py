@@ -183,4 +183,4 @@ def read_status(url: str, customer: str | None = None, *, busy_timeout: float = 
         engine.dispose()
         path = sqlite_path(url)
         if path is not None:
-            make_private(path)
+            make_private(path, known_sqlite=True)  # never opened: a crawl may hold the file

@@ -61,12 +61,12 @@ class Store:
 
     def close(self) -> None:
         """Dispose of the connection pool and re-assert the file mode."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        opened, self._engine = self._engine, None
+        if opened is not None:
+            opened.dispose()
         path = sqlite_path(self.url)
         if path is not None:
-            make_private(path)
+            make_private(path, known_sqlite=opened is not None)
 
     @property
     def engine(self) -> Engine:

@@ -203,11 +203,13 @@ class TokenMiddleware:
             await asyncio.shield(refreshing)
 
     async def _refresh_once(self, reason: str) -> None:
-        # The task clears its own slot before it completes: a waiter that wakes up must never
-        # see a finished refresh still registered (awaiting a done future does not yield, so
-        # it would spin forever).
+        # The task clears its own slot before it completes: a waiter must never see a finished
+        # refresh still registered (awaiting a done future does not yield: it would spin forever).
         try:
             await self._refresh(reason)
+        except TokenRefreshError as exc:  # stopped before the slot clears: no second refresh
+            self._stop("pmp_token_refresh_failed", str(exc), cause=exc.cause)
+            raise
         finally:
             self._refreshing = None
 

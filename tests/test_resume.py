@@ -241,5 +241,8 @@ async def test_pages_enter_batches_in_arrival_order_so_the_checkpoint_keeps_up(
         elif record["event_type"] == "checkpoint_saved" and order:
             lag = max(lag, max(order) - record["last_page"])
     assert sorted(order) == list(range(1, 41))
-    assert displacement <= every + 2, f"a page joined a batch {displacement} pages late: {order}"
-    assert lag <= 3 * every + concurrency, f"the checkpoint lagged {lag} pages behind the batches"
+    # Answers can overtake each other only among the requests in flight together: the pacer raises
+    # that above CONCURRENT_REQUESTS when the latency it observes needs it (a slow moment of the server).
+    in_flight = max(int(result.stats.get("pmp/pace/max_in_flight") or 0), concurrency)
+    assert displacement <= every + in_flight - 1, f"a page joined a batch {displacement} pages late: {order}"
+    assert lag <= 3 * every + in_flight, f"the checkpoint lagged {lag} pages behind the batches"

@@ -25,13 +25,14 @@ def store(database_url: str) -> Iterator[Store]:  # noqa: F811
 
 
 def commit_page(store: Store, snapshot: int, page: int, ids: list[str], *, total_pages: int = 3,
-                last_page: int | None = None) -> CheckpointResult:
-    """One answered page of two systems per page (one patch each), as the pipeline commits it."""
-    systems = [{**system(rid, 1, page), "total_records": TOTAL} for rid in ids]
+                last_page: int | None = None, records: int = TOTAL) -> CheckpointResult:
+    """One answered page of two systems per page (one patch each), as the pipeline commits it;
+    ``records``: the totalRecords it was answered with."""
+    systems = [{**system(rid, 1, page), "total_records": records} for rid in ids]
     batch = Batch(snapshot_id=snapshot, customer="", mappings=[mapping(rid, "7") for rid in ids], systems=systems,
-                  last_page=page if last_page is None else last_page, total_pages=total_pages, total_records=TOTAL,
+                  last_page=page if last_page is None else last_page, total_pages=total_pages, total_records=records,
                   denominator=TOTAL)
-    batch.page_totals[page] = TOTAL
+    batch.page_totals[page] = records
     return store.commit_batch(batch)
 
 
@@ -79,7 +80,7 @@ def test_present_systems_a_sweep_did_not_see_are_looked_for_before_they_are_reti
     commit_page(store, snapshot, 2, ["c", "g"])
     result = commit_page(store, snapshot, 3, ["h"])
     assert result.snapshot_complete is False and result.unseen_systems == 3  # d, e, f
-    assert result.reread_pages == [1, 2, 3]  # where they were last seen (2, 3) and the page before each
+    assert result.reread_pages == [1, 2, 3]  # where they were last seen (2, 3) and the pages either side
     assert url_rows(database_url, "SELECT reconcile_state FROM dcapi_snapshots WHERE snapshot_id = :s",
                     s=snapshot) == [("verifying",)]
     assert present(database_url) >= {"d", "e", "f"}  # nothing retired yet
@@ -99,3 +100,25 @@ def test_a_sweep_that_saw_every_system_is_complete_without_reading_again(
     assert result.snapshot_complete and result.reread_pages == [] and result.unseen_systems == 0
     assert url_rows(database_url, "SELECT reconcile_state FROM dcapi_snapshots WHERE snapshot_id = :s",
                     s=snapshot) == [("reconciled",)]
+
+
+def test_an_answer_from_before_a_change_arriving_late_does_not_retire_what_a_later_answer_saw(
+        store: Store, database_url: str) -> None:  # noqa: F811
+    sweep(store, [["a", "b"], ["c", "d"], ["e", "f"]])
+    snapshot = store.start_snapshot("", 2)
+    # Two systems were added at the front after page 1 was read: "d" moved from page 2 to page 3,
+    # and page 3 (the new state, 8 systems) is answered before page 2 (the old state, 6) arrives.
+    commit_page(store, snapshot, 1, ["a", "b"])
+    commit_page(store, snapshot, 3, ["d", "e"], total_pages=4, records=8, last_page=1)
+    commit_page(store, snapshot, 2, ["c", "d"], last_page=3)  # the old state, late: "d" last seen in it
+    result = commit_page(store, snapshot, 4, ["f"], total_pages=4, records=8)
+    assert result.snapshot_complete is False and result.reread_pages == [1, 2]  # answered before the change
+    commit_page(store, snapshot, 1, ["x", "y"], total_pages=4, records=8, last_page=4)
+    done = commit_page(store, snapshot, 2, ["a", "b"], total_pages=4, records=8, last_page=4)
+    # "c" and "d" were last seen in the old state only: their pages and those either side are read once more.
+    assert done.snapshot_complete is False and done.unseen_systems == 2 and 3 in done.reread_pages
+    for page, ids in ((1, ["x", "y"]), (2, ["a", "b"]), (3, ["c", "d"])):
+        final = commit_page(store, snapshot, page, ids, total_pages=4, records=8, last_page=4)
+    assert final.snapshot_complete and final.reconciliation is not None
+    assert final.reconciliation.retired_systems == 0
+    assert present(database_url) == {"a", "b", "c", "d", "e", "f", "x", "y"}

@@ -179,7 +179,7 @@ def _save_checkpoint(conn: Connection, batch: Batch, now: datetime) -> Checkpoin
         reread = stale_pages(conn, batch.snapshot_id, total, records)
         if not reread and snap is not None and snap[3] is None and not _open_gaps(conn, batch.snapshot_id):
             # Before retiring what this snapshot did not see, look where it was once more.
-            unseen, verify = verification_pages(conn, batch.customer, batch.snapshot_id, total)
+            unseen, verify = verification_pages(conn, batch.customer, batch.snapshot_id, total, records)
             reread = mark_read_again(conn, batch.snapshot_id, pages=verify)
             if reread:
                 conn.execute(update(snapshots).where(snapshots.c.snapshot_id == batch.snapshot_id)

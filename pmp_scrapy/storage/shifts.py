@@ -5,8 +5,8 @@ tenant changed (commit.stale_pages); as many systems added as removed between tw
 leave it equal, and then:
 
 * systems after a removal shift back onto a page already read and are not seen at all: before a
-  complete snapshot retires the present systems it did not see, the pages they were last seen on
-  (and the one before: a removal moves systems back) are read once more (:func:`verification_pages`);
+  complete snapshot retires the present systems it did not see in the tenant's final state, the
+  pages they were last seen on and those either side are read once more (:func:`verification_pages`);
 * systems after an addition shift forward and are seen twice, and the added one may sit on a page
   already read: a system met on an earlier page of the same snapshot, on a page's first read,
   marks every page before this one for another read (:func:`seen_on_earlier_page`).
@@ -18,7 +18,7 @@ again, in this run or the next one.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from pmp_scrapy.storage.schema import snapshot_pages, systems
 
@@ -51,18 +51,24 @@ def seen_on_earlier_page(conn: Connection, customer: str, snapshot_id: int, page
         s.last_seen_page < page)).scalar_one() > 0
 
 
-def verification_pages(conn: Connection, customer: str, snapshot_id: int, total_pages: int) -> tuple[int, list[int]]:
-    """``(unseen, pages)``: how many present systems this snapshot has not reported, and the
-    pages to read again before retiring them (where each was last seen, and the page before),
-    or no pages when there are none or too many (more than :data:`MAX_VERIFY_SHARE` of the
-    snapshot)."""
+def verification_pages(conn: Connection, customer: str, snapshot_id: int, total_pages: int,
+                       total_records: int | None = None) -> tuple[int, list[int]]:
+    """``(unseen, pages)``: how many present systems this snapshot has not reported in the
+    tenant's final state (not at all, or only in an answer with another ``totalRecords``: an
+    answer read before a change can arrive after one read since), and the pages to read again
+    before retiring them: where each was last seen and the pages either side (a removal moves
+    systems back, an addition forward). No pages when there are none or too many (more than
+    :data:`MAX_VERIFY_SHARE` of the snapshot)."""
     s = systems.c
+    stale = s.last_seen_snapshot != snapshot_id
+    if total_records is not None:
+        stale = or_(stale, and_(s.last_seen_records.is_not(None), s.last_seen_records != total_records))
     last_pages = [row[0] for row in conn.execute(select(s.last_seen_page).where(
-        s.customer == customer, s.retired_at.is_(None), s.last_seen_snapshot != snapshot_id))]
+        s.customer == customer, s.retired_at.is_(None), stale))]
     pages: set[int] = set()
     for last in last_pages:
         if last is not None:
-            pages.update(p for p in (int(last) - 1, int(last)) if 1 <= p <= total_pages)
+            pages.update(p for p in (int(last) - 1, int(last), int(last) + 1) if 1 <= p <= total_pages)
     if not pages or len(pages) > max(MIN_VERIFY_PAGES, MAX_VERIFY_SHARE * total_pages):
         return len(last_pages), []
     return len(last_pages), sorted(pages)

@@ -22,6 +22,8 @@ from pmp_scrapy.storage.schema import (
     systems,
 )
 from pmp_scrapy.storage.shifts import first_reads, mark_read_again, seen_on_earlier_page, verification_pages
+from pmp_scrapy.storage.upserts import dialect_insert as insert_of
+from pmp_scrapy.storage.upserts import upsert_rows
 
 
 def utcnow() -> datetime:
@@ -39,14 +41,8 @@ def coverage_query(customer: str) -> Select[Any]:
 
 def dialect_insert(conn: Connection) -> Any:
     """The dialect's ``insert`` (with ``on_conflict_do_update``) for ``conn``."""
-    # Imported on first use: an SQLite run need not carry PostgreSQL's dialect (3 MB, NFR-1).
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+    return insert_of(conn.dialect.name)
 
-        return postgresql_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
 
 def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     """Write the batch's pages (mappings with their history, systems), gaps and healed gaps, and
@@ -69,7 +65,7 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
         changes.add(page_changes := apply_page(conn, upsert, ctx, list(ordered_unique(page_rows)), reported))
         changes.events.extend(page_changes.events)
         if page_systems:
-            _write_systems(conn, upsert, ctx, page_systems, changes)
+            _write_systems(conn, ctx, page_systems, changes)
     write_events(conn, changes.events)
     # After the systems are written: a system new or back from retirement is present by now.
     refresh(conn, changes.touched | set(without_rollup(conn, ctx.customer, changes.with_mappings - changes.touched)))
@@ -116,27 +112,24 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     return result
 
 
-def _write_systems(conn: Connection, upsert: Any, ctx: Context, page_systems: list[dict[str, Any]],
+def _write_systems(conn: Connection, ctx: Context, page_systems: list[dict[str, Any]],
                    changes: Changes) -> None:
     by_id = dict(sorted({s["resource_id"]: s for s in page_systems}.items()))
     for resource_id in returned_systems(conn, ctx, list(by_id)):
         changes.events.append({"customer": ctx.customer, "resource_id": resource_id, "patch_id": None,
                                "snapshot_id": ctx.snapshot_id, "observed_at": ctx.now,
                                "event": "system_returned", "old_status": None, "new_status": None})
-    stmt = upsert(systems)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["customer", "resource_id"],
-        set_={name: stmt.excluded[name] for name in (
-            "resource_name", "patch_count", "last_seen_snapshot", "last_seen_page", "last_seen_at",
-            "last_seen_records", "retired_snapshot", "retired_at")},
-    )
-    conn.execute(stmt, [
-        {"resource_id": s["resource_id"], "resource_name": s["resource_name"], "patch_count": s["patch_count"],
-         "last_seen_page": s["last_seen_page"], "last_seen_records": s.get("total_records"),
-         "customer": ctx.customer, "first_seen_snapshot": ctx.snapshot_id, "last_seen_snapshot": ctx.snapshot_id,
-         "last_seen_at": ctx.now, "retired_snapshot": None, "retired_at": None}
+    upsert_rows(conn, systems, _SYSTEM_FIELDS, [
+        (ctx.customer, s["resource_id"], s["resource_name"], s["patch_count"], s["last_seen_page"],
+         s.get("total_records"), ctx.snapshot_id, ctx.snapshot_id, ctx.now, None, None)
         for s in by_id.values()
-    ])
+    ], conflict=("customer", "resource_id"), update=_SYSTEM_FIELDS[2:6] + _SYSTEM_FIELDS[7:])
+
+
+#: the columns a page writes of each system it reports; every one but the key and the first
+#: sighting is updated on a system seen before
+_SYSTEM_FIELDS = ("customer", "resource_id", "resource_name", "patch_count", "last_seen_page", "last_seen_records",
+                  "first_seen_snapshot", "last_seen_snapshot", "last_seen_at", "retired_snapshot", "retired_at")
 
 
 def _write_page_totals(conn: Connection, upsert: Any, batch: Batch, now: datetime) -> None:

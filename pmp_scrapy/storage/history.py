@@ -19,6 +19,7 @@ from sqlalchemy import Connection, and_, delete, insert, select, tuple_, update
 from pmp_scrapy.rows import MAPPING_FIELDS, MAPPING_ROW_FIELDS, MappingRow
 from pmp_scrapy.storage.rollup import refresh
 from pmp_scrapy.storage.schema import mapping_events, mapping_history, patch_system_mapping, systems
+from pmp_scrapy.storage.upserts import upsert_rows
 
 _CHUNK = 500  # rows a statement: SQLAlchemy's parameter copies stay small (NFR-1)
 _STATUS = MAPPING_ROW_FIELDS.index("patch_status")
@@ -105,7 +106,7 @@ def apply_page(conn: Connection, dialect_insert: Any, ctx: Context, rows: list[M
     system_ids = sorted(set(reported) | {row[0] for row in rows if row[0]})
     stored = _stored_rows(conn, system_ids) if system_ids else {}
     retired_before = _retired_keys(conn, ctx, system_ids) if system_ids else set()
-    upserts: list[dict[str, Any]] = []
+    upserts: list[MappingRow] = []
     status_history: list[dict[str, Any]] = []
     returned_history: list[dict[str, Any]] = []
     listed: set[tuple[str, str]] = set()
@@ -115,7 +116,7 @@ def apply_page(conn: Connection, dialect_insert: Any, ctx: Context, rows: list[M
         old = stored.get(key)
         if old is not None and old[:len(row)] == row:
             continue  # unchanged: nothing to write
-        upserts.append(dict(zip(MAPPING_ROW_FIELDS, row)))
+        upserts.append(row)
         if old is None:
             changes.new += 1
             if key in retired_before:
@@ -133,15 +134,11 @@ def apply_page(conn: Connection, dialect_insert: Any, ctx: Context, rows: list[M
             status_history.append({"customer": ctx.customer, "resource_id": key[0], "patch_id": key[1],
                                    "first_seen_at": old[-1], "patch_status": row[_STATUS],
                                    "status_since": ctx.now, "status_snapshot": ctx.snapshot_id})
-    changes.touched.update(str(values["resource_id"]) for values in upserts)
+    changes.touched.update(str(row[0]) for row in upserts)
     changes.with_mappings.update(key[0] for key in listed)
     changes.with_mappings.update(key[0] for key in stored)
-    if upserts:
-        stmt = dialect_insert(patch_system_mapping)
-        stmt = stmt.on_conflict_do_update(index_elements=["resource_id", "patch_id"],
-                                          set_={name: stmt.excluded[name] for name in MAPPING_FIELDS})
-        for start in range(0, len(upserts), _CHUNK):
-            conn.execute(stmt, upserts[start:start + _CHUNK])
+    upsert_rows(conn, patch_system_mapping, MAPPING_ROW_FIELDS, upserts, conflict=("resource_id", "patch_id"),
+                update=MAPPING_FIELDS, chunk=_CHUNK)
     _history_upsert(conn, dialect_insert, status_history, ("patch_status", "status_since", "status_snapshot"))
     _history_upsert(conn, dialect_insert, returned_history,
                     ("retired_snapshot", "retired_at", "patch_status", "status_since", "status_snapshot"))

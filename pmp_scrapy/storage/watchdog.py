@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 SLOW_AFTER = 2.0  # seconds without an answer before the run says it is waiting for the database
 PROBE_AFTER = 1.0  # seconds without an answer before the server is probed (see liveness)
 DEAD_GRACE = 0.5  # seconds call_within still waits once a database was found not answering
+GRANULARITY = 0.05  # seconds: how late an alarm may run (the deadlines are seconds long)
 _GUARDED = ("do_execute", "do_executemany", "do_execute_no_params", "do_commit", "do_rollback", "do_ping")
 
 
@@ -68,7 +69,8 @@ class Watchdog:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="pmp-db-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is alarm:  # otherwise the thread already wakes before this deadline
+                self._cond.notify()
         return alarm
 
     def disarm(self, alarm: _Alarm) -> None:
@@ -85,7 +87,9 @@ class Watchdog:
                     continue
                 delay = self._heap[0].when - time.monotonic()
                 if delay > 0:
-                    self._cond.wait(delay)
+                    # at least GRANULARITY: thousands of statements a second arm as many alarms,
+                    # and the thread wakes a few times a second, not once for each
+                    self._cond.wait(max(delay, GRANULARITY))
                     continue
                 alarm = heapq.heappop(self._heap)
                 alarm.armed = False

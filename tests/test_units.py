@@ -202,3 +202,29 @@ def test_the_package_keeps_pydantic_out_and_pins_the_mmap_threshold() -> None:
     assert out[0] == "False"
     if platform.libc_ver()[0] == "glibc":
         assert out[1] == "True"
+
+
+def test_the_crawl_process_shares_one_heap_and_keeps_a_small_sqlite_cache(tmp_path: Path) -> None:
+    """The commits' worker thread and the reactor thread reuse each other's freed memory (one
+    glibc arena), SQLite's page cache is 1 MB, and the telnet console's module is not even
+    imported: together about 3 MB of the 100 MB budget (spec NFR-1)."""
+    from sqlalchemy import text
+
+    from pmp_scrapy import settings
+    from pmp_scrapy.footprint import one_arena
+    from pmp_scrapy.storage.engine import SQLITE_CACHE_KIB, open_engine
+
+    if platform.libc_ver()[0] == "glibc":
+        probe = "from pmp_scrapy.footprint import one_arena; print(one_arena())"
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+        assert out == "True"
+    else:
+        assert one_arena() is False
+    engine = open_engine(f"sqlite:///{tmp_path / 'pmp.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA cache_size")).scalar_one() == -SQLITE_CACHE_KIB
+    finally:
+        engine.dispose()
+    assert not any(key.endswith("TelnetConsole") for key in settings.EXTENSIONS_BASE)

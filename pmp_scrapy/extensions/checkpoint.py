@@ -31,6 +31,7 @@ from pmp_scrapy.config import get_config
 from pmp_scrapy.coverage import target_met
 from pmp_scrapy.credentials import resolve_secret
 from pmp_scrapy.errors import StorageError
+from pmp_scrapy.footprint import release_startup_caches
 from pmp_scrapy.lock_share import lent_lock
 from pmp_scrapy.logformat import set_log_context
 from pmp_scrapy.masking import register_operator_host
@@ -81,6 +82,7 @@ class Checkpoints(RunOwner):
         set_log_context(customer=config.customer)
         if config.demo:
             self._refuse_foreign_database()
+        release_startup_caches()
         try:
             self.store.open()
             self._take_tenant_lock()

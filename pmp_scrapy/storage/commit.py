@@ -21,7 +21,13 @@ from pmp_scrapy.storage.schema import (
     snapshots,
     systems,
 )
-from pmp_scrapy.storage.shifts import first_reads, mark_read_again, seen_on_earlier_page, verification_pages
+from pmp_scrapy.storage.shifts import (
+    first_reads,
+    mark_read_again,
+    seen_on_earlier_page,
+    unseen_in,
+    verification_pages,
+)
 from pmp_scrapy.storage.upserts import dialect_insert as insert_of
 from pmp_scrapy.storage.upserts import upsert_rows
 
@@ -218,18 +224,19 @@ def reconcile(conn: Connection, upsert: Any, ctx: Context, total_records: int | 
     state, unless that is more than ``max_share`` of them (a PMP answering with a fraction of the
     tenant): then retire nothing and say why."""
     s = systems.c
-    present = conn.execute(select(s.resource_id, s.last_seen_snapshot, s.last_seen_records).where(
-        s.customer == ctx.customer, s.retired_at.is_(None))).all()
-    unseen = sorted(row[0] for row in present if row[1] != ctx.snapshot_id or (
-        total_records is not None and row[2] is not None and row[2] != total_records))
-    if present and len(unseen) > max_share * len(present):
-        message = (f"snapshot {ctx.snapshot_id} would retire {len(unseen)} of {len(present)} systems "
-                   f"({100.0 * len(unseen) / len(present):.1f}%, more than PMP_MAX_RETIRE_SHARE "
+    present_now = s.customer == ctx.customer, s.retired_at.is_(None)
+    # counted and listed by the database: a tenant of 100,000 systems is not held in memory
+    present = int(conn.execute(select(func.count()).where(*present_now)).scalar_one())
+    unseen = [row[0] for row in conn.execute(select(s.resource_id).where(
+        *present_now, unseen_in(ctx.snapshot_id, total_records)).order_by(s.resource_id))]
+    if present and len(unseen) > max_share * present:
+        message = (f"snapshot {ctx.snapshot_id} would retire {len(unseen)} of {present} systems "
+                   f"({100.0 * len(unseen) / present:.1f}%, more than PMP_MAX_RETIRE_SHARE "
                    f"{max_share:g}); nothing was retired: check that PMP reported the whole tenant")
-        result = Reconciliation("refused", 0, 0, len(present), message)
+        result = Reconciliation("refused", 0, 0, present, message)
     else:
         retired_mappings = retire_systems(conn, upsert, ctx, unseen) if unseen else 0
-        result = Reconciliation("reconciled", len(unseen), retired_mappings, len(present) - len(unseen))
+        result = Reconciliation("reconciled", len(unseen), retired_mappings, present - len(unseen))
     conn.execute(update(snapshots).where(snapshots.c.snapshot_id == ctx.snapshot_id).values(
         reconcile_state=result.state, retired_systems=result.retired_systems,
         retired_mappings=result.retired_mappings))

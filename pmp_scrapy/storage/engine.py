@@ -59,6 +59,10 @@ logger = logging.getLogger(__name__)
 
 WRITE = "pmp_write"
 """Execution option marking a connection whose transaction will write (SQLite: BEGIN IMMEDIATE)."""
+#: SQLite's page cache per connection (its default is 2 MB): the batch commits write index pages
+#: the OS caches anyway, and a smaller cache keeps the crawl inside spec NFR-1's 100 MB
+#: (see pmp_scrapy.footprint); the reports set their own, larger one
+SQLITE_CACHE_KIB = 1024
 
 SCHEMA_LOCK_KEY = zlib.crc32(b"pmp_scrapy schema")
 SNAPSHOT_LOCK_KEY = zlib.crc32(b"pmp_scrapy snapshot ids")
@@ -213,6 +217,7 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
                     enable_wal(cursor, max(busy_timeout - (time.monotonic() - started), 0.0))
                 cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
                 cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             finally:
                 cursor.close()
 

@@ -18,7 +18,7 @@ again, in this run or the next one.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
 
 from pmp_scrapy.storage.schema import snapshot_pages, systems
 
@@ -51,6 +51,16 @@ def seen_on_earlier_page(conn: Connection, customer: str, snapshot_id: int, page
         s.last_seen_page < page)).scalar_one() > 0
 
 
+def unseen_in(snapshot_id: int, total_records: int | None) -> ColumnElement[bool]:
+    """The condition on ``dcapi_systems`` of a system the snapshot has not reported in the
+    tenant's final state: not at all, or only in an answer with another ``totalRecords``."""
+    s = systems.c
+    stale = or_(s.last_seen_snapshot.is_(None), s.last_seen_snapshot != snapshot_id)
+    if total_records is None:
+        return stale
+    return or_(stale, and_(s.last_seen_records.is_not(None), s.last_seen_records != total_records))
+
+
 def verification_pages(conn: Connection, customer: str, snapshot_id: int, total_pages: int,
                        total_records: int | None = None) -> tuple[int, list[int]]:
     """``(unseen, pages)``: how many present systems this snapshot has not reported in the
@@ -60,11 +70,8 @@ def verification_pages(conn: Connection, customer: str, snapshot_id: int, total_
     systems back, an addition forward). No pages when there are none or too many (more than
     :data:`MAX_VERIFY_SHARE` of the snapshot)."""
     s = systems.c
-    stale = s.last_seen_snapshot != snapshot_id
-    if total_records is not None:
-        stale = or_(stale, and_(s.last_seen_records.is_not(None), s.last_seen_records != total_records))
     last_pages = [row[0] for row in conn.execute(select(s.last_seen_page).where(
-        s.customer == customer, s.retired_at.is_(None), stale))]
+        s.customer == customer, s.retired_at.is_(None), unseen_in(snapshot_id, total_records)))]
     pages: set[int] = set()
     for last in last_pages:
         if last is not None:

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from pmp_scrapy.config import apply_spider_arguments, get_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
+from pmp_scrapy.envelope_stream import STREAM_ABOVE
 from pmp_scrapy.extensions.pacer import max_in_flight
 from pmp_scrapy.gaps import gap_type_for_failure, gap_type_for_status
 from pmp_scrapy.items import PageGap, PatchPage
@@ -181,6 +182,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         page = response.meta["pmp_page"]
         retried = response.meta.get("pmp_retried_gap", False)
         self._answered(response.meta)
+        self._admit_by_size(page, len(response.body))
         if self._refused_customer(response):
             return
         if response.status != 200:
@@ -218,6 +220,26 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
                 yield item
         if not retried:
             yield from self._more_pages()
+
+    def _admit_by_size(self, page: int, size: int) -> None:
+        """After an answer past ``STREAM_ABOVE`` bytes, one page at a time (``window`` 1) until an
+        answer of the usual size comes back (then the window it had). Scrapy stops feeding the
+        downloader while answers bigger than ``SCRAPER_SLOT_MAX_ACTIVE_SIZE`` wait in its scraper,
+        but the requests already in the downloader still arrive: with several asked for, each big
+        body (and its rows) piles up behind the batch that commits. The pages of one tenant are
+        alike in size, so the last answer tells what the next ones will be. Writes ``window`` and
+        ``pmp/pages_one_at_a_time``."""
+        usual = self.__dict__.setdefault("_usual_window", self.window)
+        big = size > STREAM_ABOVE
+        if big and self.window != 1:
+            logger.info("page %d is %.1f MB: asking for one page at a time while answers are this large",
+                        page, size / 1e6, extra={"event_type": "big_pages", "page": page, "bytes": size})
+        elif not big and self.window != usual:
+            logger.info("page %d is %.1f MB: back to %d pages in flight", page, size / 1e6, usual,
+                        extra={"event_type": "usual_pages", "page": page, "bytes": size})
+        if big:
+            self.crawler.stats.inc_value("pmp/pages_one_at_a_time")
+        self.window = 1 if big else usual
 
     def page_failed(self, failure: Failure) -> Iterator[Any]:
         """A page whose download raised after its last attempt (or was dropped)."""

@@ -28,6 +28,7 @@ from pmp_scrapy.pipeline_reports import record_catalog, report_reconciliation, r
 from pmp_scrapy.run import get_run
 from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.storage import Batch, CheckpointResult
+from pmp_scrapy.storage.batch import PART_ROWS
 from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
@@ -123,7 +124,10 @@ class MappingPipeline:
             rows = item.rows
             for system in rows.systems:
                 system["total_records"] = item.total_records  # which state of the tenant it was seen in
+            assert isinstance(rows.mappings, list), "a page's rows join one batch, once"
             batch.add_page(rows.mappings, rows.systems)
+            if len(rows.mappings) > PART_ROWS:
+                rows.release()  # packed now; Scrapy holds the item (and its body) until the commit ends
             batch.page_totals[item.page] = item.total_records
             batch.total_pages = self.run.total_pages = item.total_pages
             batch.total_records = self.run.total_records = item.total_records

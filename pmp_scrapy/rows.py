@@ -87,18 +87,37 @@ def _shared_text(value: Any, repairs: Counter[str] | None = None) -> str | None:
 _COLUMNS = tuple((column, _shared_text if column in _SHARED else field_text) for column in MAPPING_FIELDS)
 
 
+class ReleasedRows:
+    """Where a page's rows were once a batch holds them packed: only their count is left (what
+    is counted after the pipeline, e.g. the progress bar, still reads ``len``)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"ReleasedRows({self.count})"
+
+
 @dataclass
 class PageRows:
     """The rows of one page, what was skipped and how many values were repaired, by kind
     (:data:`pmp_scrapy.values_guard.REPAIR_KINDS`)."""
 
-    mappings: list[MappingRow] = field(default_factory=list)
+    mappings: list[MappingRow] | ReleasedRows = field(default_factory=list)
     systems: list[dict[str, Any]] = field(default_factory=list)
     skipped_patches: int = 0
     skipped_systems: int = 0
     duplicate_patches: int = 0
     empty_systems: int = 0
     repaired: Counter[str] = field(default_factory=Counter)
+
+    def release(self) -> None:
+        """Drop the rows, keeping their count: the batch has them packed, and a page far above
+        the usual size must not stay in memory twice while its batch commits."""
+        self.mappings = ReleasedRows(len(self.mappings))
 
     def __repr__(self) -> str:
         # Short on purpose: a page item is logged whole wherever Scrapy logs an item (an error in
@@ -113,9 +132,11 @@ def page_rows(systems: Iterable[dict[str, Any]], page: int) -> PageRows:
     Raises :class:`~pmp_scrapy.envelope.PayloadError` (``invalid_payload``) naming the field when
     a value cannot be read at all: the page is then a gap, never partly stored."""
     result = PageRows()
+    mappings: list[MappingRow] = []
+    result.mappings = mappings
     for index, system in enumerate(systems):
         try:
-            _add_system(result, system, page)
+            _add_system(result, mappings, system, page)
         except Exception as exc:  # noqa: BLE001 - anything a hostile value provokes, named by its field
             where = _locate(system)
             raise PayloadError("invalid_payload", one_line(
@@ -123,7 +144,7 @@ def page_rows(systems: Iterable[dict[str, Any]], page: int) -> PageRows:
     return result
 
 
-def _add_system(result: PageRows, system: dict[str, Any], page: int) -> None:
+def _add_system(result: PageRows, mappings: list[MappingRow], system: dict[str, Any], page: int) -> None:
     """One system's rows (or its skip) into ``result``."""
     repairs = result.repaired
     resource_id, why = id_text(system.get("resource_id"), repairs)
@@ -156,7 +177,7 @@ def _add_system(result: PageRows, system: dict[str, Any], page: int) -> None:
         logger.warning("page %d: system %s (%s) has no patch records", page, resource_id, name,
                        extra={"event_type": "system_without_patches", "page": page,
                               "resource_id": resource_id})
-    result.mappings.extend(by_patch.values())
+    mappings.extend(by_patch.values())
     result.systems.append({"resource_id": resource_id, "resource_name": name,
                            "patch_count": len(by_patch), "last_seen_page": page})
 

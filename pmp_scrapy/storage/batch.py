@@ -48,11 +48,16 @@ class Batch:
             self.add_page(mappings or [], systems or [])
 
     def add_page(self, rows: list[MappingRow], systems: list[dict[str, Any]]) -> None:
-        """Buffer one page: its mapping rows and the systems it reported (adds to ``packed_bytes``)."""
+        """Buffer one page: its mapping rows and the systems it reported (adds to ``packed_bytes``).
+        A page of more than :data:`PART_ROWS` rows is kept as parts of whole systems
+        (:func:`page_parts`), each packed and committed on its own, so neither packing nor the
+        commit ever holds such a page's rows twice."""
         if rows or systems:
-            packed = pickle.dumps((rows, systems), protocol=pickle.HIGHEST_PROTOCOL)
-            self._packed_pages.append(packed)
-            self.packed_bytes += len(packed)
+            parts = page_parts(rows, systems, PART_ROWS) if len(rows) > PART_ROWS else iter([(rows, systems)])
+            for part in parts:
+                packed = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+                self._packed_pages.append(packed)
+                self.packed_bytes += len(packed)
             self.mapping_count += len(rows)
 
     def add_mappings(self, rows: list[MappingRow]) -> None:
@@ -60,7 +65,8 @@ class Batch:
         self.add_page(rows, [])
 
     def pages(self) -> Iterator[tuple[list[MappingRow], list[dict[str, Any]]]]:
-        """The buffered pages, ``(rows, systems)``, in the order they were added."""
+        """The buffered pages (or parts of a page, see :meth:`add_page`), ``(rows, systems)``, in
+        the order they were added; one is unpacked at a time."""
         for packed in self._packed_pages:
             yield pickle.loads(packed)
 
@@ -102,18 +108,56 @@ class Reconciliation:
     message: str = ""
 
 
-def ordered_unique(rows: list[MappingRow]) -> Iterator[MappingRow]:
-    """One row per ``(resource_id, patch_id)``, the later one winning, in key order.
+#: Rows of a page above which it is packed and committed in parts (:func:`page_parts`): a usual
+#: page has ~1,500; 20,000 rows are some 3 MB live, one part's share of a commit.
+PART_ROWS = 20_000
 
-    PostgreSQL refuses to update one row twice in a statement, and key order makes concurrent
-    jobs that share keys lock them in the same order. A page lists each system's rows together,
-    so the work is done per system, without a second index of every row."""
+
+def _spans(rows: list[MappingRow]) -> dict[str | None, list[tuple[int, int]]]:
+    """resource_id -> the ``(start, end)`` ranges of ``rows`` where that system's rows run."""
     spans: dict[str | None, list[tuple[int, int]]] = {}
     start = 0
     for index in range(1, len(rows) + 1):
         if index == len(rows) or rows[index][0] != rows[start][0]:
             spans.setdefault(rows[start][0], []).append((start, index))
             start = index
+    return spans
+
+
+def page_parts(rows: list[MappingRow], systems: list[dict[str, Any]],
+               limit: int) -> Iterator[tuple[list[MappingRow], list[dict[str, Any]]]]:
+    """One page's rows and systems as parts of whole systems, in resource_id order, each of at
+    least ``limit`` rows but the last: committed one after the other they store what the whole
+    page stores. Every system is in one part with all its rows (a page's systems are retired
+    from what they no longer list); a system the page lists twice has its rows united there, the
+    later winning per patch, as :func:`ordered_unique` unites them. Reads only its arguments."""
+    spans = _spans(rows)
+    listed: dict[str | None, list[dict[str, Any]]] = {}
+    for system in systems:
+        listed.setdefault(system["resource_id"], []).append(system)
+    part_rows: list[MappingRow] = []
+    part_systems: list[dict[str, Any]] = []
+    for resource_id in sorted(spans.keys() | listed.keys(), key=lambda rid: rid or ""):
+        ranges = spans.get(resource_id, [])
+        if len(ranges) == 1:
+            part_rows.extend(rows[ranges[0][0]:ranges[0][1]])
+        elif ranges:
+            part_rows.extend({row[1]: row for first, end in ranges for row in rows[first:end]}.values())
+        part_systems.extend(listed.get(resource_id, ()))
+        if len(part_rows) >= limit:
+            yield part_rows, part_systems
+            part_rows, part_systems = [], []
+    if part_rows or part_systems:
+        yield part_rows, part_systems
+
+
+def ordered_unique(rows: list[MappingRow]) -> Iterator[MappingRow]:
+    """One row per ``(resource_id, patch_id)``, the later one winning, in key order.
+
+    PostgreSQL refuses to update one row twice in a statement, and key order makes concurrent
+    jobs that share keys lock them in the same order. A page lists each system's rows together,
+    so the work is done per system, without a second index of every row."""
+    spans = _spans(rows)
     for resource_id in sorted(spans, key=lambda rid: rid or ""):
         ranges = spans[resource_id]
         if len(ranges) == 1:

@@ -1,12 +1,13 @@
 """Item pipeline: page items become rows; every ``PMP_CHECKPOINT_EVERY`` pages, or sooner once
-the batch's packed rows reach ``PMP_BATCH_BYTES`` (and at close), one transaction commits the
+the batch's packed rows reach ``PMP_BATCH_BYTES`` or a page far above the usual size (more than
+``storage.batch.PART_ROWS`` rows) joins it (and at close), one transaction commits the
 rows, the gaps, healed gaps and the checkpoint that covers them.
 
 Reads ``PMP_CHECKPOINT_EVERY``, ``PMP_BATCH_BYTES``, ``PMP_TOTAL_SYSTEMS``. Writes ``patch_system_mapping``,
 ``dcapi_systems``, ``dcapi_extraction_gaps``, ``dcapi_gap_state``,
 ``dcapi_extraction_checkpoints``; stats ``pmp/pages_committed``, ``pmp/mappings_upserted``,
 ``pmp/gaps_recorded``, ``pmp/gaps_healed``, ``pmp/checkpoint_page``, ``pmp/coverage``,
-``pmp/batches_ended_by_bytes``. Sends
+``pmp/batches_ended_by_bytes``, ``pmp/batches_ended_by_wide_page``. Sends
 ``batch_committed``. Knows nothing of HTTP.
 """
 
@@ -61,6 +62,7 @@ class MappingPipeline:
         self._pages: list[int] = []
         self._page_count = 0
         self._failed = False
+        self._wide_page = False  # the page just added has more than PART_ROWS rows
         self._systems_seen = 0
         self._mappings_seen = 0
 
@@ -107,6 +109,12 @@ class MappingPipeline:
             elif self._batch is not None and self._batch.packed_bytes >= self.batch_bytes:
                 self.stats.inc_value("pmp/batches_ended_by_bytes")
                 await self.flush()
+            elif self._wide_page:
+                # A page far above the usual size commits at once: the batch keeps its parts
+                # packed, and the next such page is not asked for until this one is stored.
+                self.stats.inc_value("pmp/batches_ended_by_wide_page")
+                await self.flush()
+            self._wide_page = False
         return item
 
     @staticmethod
@@ -125,9 +133,7 @@ class MappingPipeline:
             for system in rows.systems:
                 system["total_records"] = item.total_records  # which state of the tenant it was seen in
             assert isinstance(rows.mappings, list), "a page's rows join one batch, once"
-            batch.add_page(rows.mappings, rows.systems)
-            if len(rows.mappings) > PART_ROWS:
-                rows.release()  # packed now; Scrapy holds the item (and its body) until the commit ends
+            batch.add_page(rows.mappings, rows.systems, packed=rows.parts, packed_mappings=rows.part_mappings)
             batch.page_totals[item.page] = item.total_records
             batch.total_pages = self.run.total_pages = item.total_pages
             batch.total_records = self.run.total_records = item.total_records
@@ -139,7 +145,10 @@ class MappingPipeline:
                                ("duplicate_patches", rows.duplicate_patches), ("empty_systems", rows.empty_systems)):
                 if value:
                     self.stats.inc_value(f"pmp/{key}", value)
-            self._log_progress(item, len(rows.systems), len(rows.mappings))
+            self._log_progress(item, rows.system_count, rows.mapping_count)
+            if rows.mapping_count > PART_ROWS:
+                rows.release()  # packed now; Scrapy holds the item (and its body) until the commit ends
+                self._wide_page = True
         elif isinstance(item, PageGap):
             self.run.pages_settled += 1
             self.run.gaps_settled += 1

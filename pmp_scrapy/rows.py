@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -113,27 +114,62 @@ class PageRows:
     duplicate_patches: int = 0
     empty_systems: int = 0
     repaired: Counter[str] = field(default_factory=Counter)
+    #: the page's first systems with their rows, packed (:func:`pack_part`) in parts of whole
+    #: systems while the page was read (``page_rows(part_rows=...)``); ``mappings`` and
+    #: ``systems`` hold the rest
+    parts: list[bytes] = field(default_factory=list)
+    part_mappings: int = 0
+    part_systems: int = 0
+
+    @property
+    def mapping_count(self) -> int:
+        """The page's mapping rows, packed or not."""
+        return self.part_mappings + len(self.mappings)
+
+    @property
+    def system_count(self) -> int:
+        """The page's systems with an id, packed or not."""
+        return self.part_systems + len(self.systems)
 
     def release(self) -> None:
-        """Drop the rows, keeping their count: the batch has them packed, and a page far above
-        the usual size must not stay in memory twice while its batch commits."""
-        self.mappings = ReleasedRows(len(self.mappings))
+        """Drop the rows, packed or not, keeping their count: the batch has them packed, and a
+        page far above the usual size must not stay in memory twice while its batch commits."""
+        self.mappings, self.parts = ReleasedRows(self.mapping_count), []
 
     def __repr__(self) -> str:
         # Short on purpose: a page item is logged whole wherever Scrapy logs an item (an error in
         # the pipeline), and a page's rows run to hundreds of kilobytes.
-        return (f"PageRows({len(self.systems)} systems, {len(self.mappings)} mappings, "
+        return (f"PageRows({self.system_count} systems, {self.mapping_count} mappings, "
                 f"{self.skipped_systems + self.skipped_patches} skipped)")
 
 
-def page_rows(systems: Iterable[dict[str, Any]], page: int) -> PageRows:
+def pack_part(rows: list[MappingRow], systems: list[dict[str, Any]]) -> bytes:
+    """Rows and systems as a batch keeps them (a quarter of their size live)."""
+    return pickle.dumps((rows, systems), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_part(packed: bytes) -> tuple[list[MappingRow], list[dict[str, Any]]]:
+    """What :func:`pack_part` packed."""
+    return pickle.loads(packed)  # type: ignore[no-any-return]  # our own bytes, never the server's
+
+
+def page_rows(systems: Iterable[dict[str, Any]], page: int, *, part_rows: int | None = None,
+              total_records: int | None = None) -> PageRows:
     """Normalise a page's systems; warn about what cannot be stored.
+
+    With ``part_rows`` (a page far above the usual size), every time the rows reach that many
+    at the end of a system, they and their systems (marked with ``total_records``, the state of
+    the tenant they were seen in) are packed into :attr:`PageRows.parts`, so the live rows of
+    the page never exceed about one part. A system met again after its part was packed (the
+    page lists it twice: its rows are united at commit) unpacks the parts and the page is kept
+    whole from then on.
 
     Raises :class:`~pmp_scrapy.envelope.PayloadError` (``invalid_payload``) naming the field when
     a value cannot be read at all: the page is then a gap, never partly stored."""
     result = PageRows()
     mappings: list[MappingRow] = []
     result.mappings = mappings
+    packed_ids: set[str] = set()
     for index, system in enumerate(systems):
         try:
             _add_system(result, mappings, system, page)
@@ -141,7 +177,34 @@ def page_rows(systems: Iterable[dict[str, Any]], page: int) -> PageRows:
             where = _locate(system)
             raise PayloadError("invalid_payload", one_line(
                 f"systemreport[{index}]{where} could not be read: {type(exc).__name__} ({exc})")) from None
+        if part_rows is None:
+            continue
+        if packed_ids and result.systems and result.systems[-1]["resource_id"] in packed_ids:
+            _unpack_parts(result, mappings)
+            part_rows = None
+        elif len(mappings) >= part_rows:
+            for listed in result.systems:
+                listed["total_records"] = total_records
+            packed_ids.update(listed["resource_id"] for listed in result.systems)
+            result.parts.append(pack_part(mappings, result.systems))
+            result.part_mappings += len(mappings)
+            result.part_systems += len(result.systems)
+            mappings.clear()
+            result.systems = []
     return result
+
+
+def _unpack_parts(result: PageRows, mappings: list[MappingRow]) -> None:
+    """Put the packed parts of ``result`` back before its live rows and systems, in page order."""
+    rows: list[MappingRow] = []
+    systems: list[dict[str, Any]] = []
+    for packed in result.parts:
+        part_rows, part_systems = unpack_part(packed)
+        rows.extend(part_rows)
+        systems.extend(part_systems)
+    mappings[:0] = rows
+    result.systems[:0] = systems
+    result.parts, result.part_mappings, result.part_systems = [], 0, 0
 
 
 def _add_system(result: PageRows, mappings: list[MappingRow], system: dict[str, Any], page: int) -> None:

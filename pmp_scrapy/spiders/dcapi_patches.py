@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from pmp_scrapy.config import apply_spider_arguments, get_config
 from pmp_scrapy.envelope import PayloadError, parse_envelope
-from pmp_scrapy.envelope_stream import STREAM_ABOVE
+from pmp_scrapy.envelope_stream import STREAM_ABOVE, LazySystems
 from pmp_scrapy.extensions.pacer import max_in_flight
 from pmp_scrapy.gaps import gap_type_for_failure, gap_type_for_status
 from pmp_scrapy.items import PageGap, PatchPage
@@ -32,6 +32,7 @@ from pmp_scrapy.runstop import stop_run
 from pmp_scrapy.spiders.catalog_requests import CatalogRequests
 from pmp_scrapy.spiders.inventory import INVENTORY_PATH, InventoryRequests
 from pmp_scrapy.spiders.page_plan import PagePlanning
+from pmp_scrapy.storage.batch import PART_ROWS
 from pmp_scrapy.values_guard import one_line
 
 if TYPE_CHECKING:
@@ -193,7 +194,10 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         else:
             try:  # checked against the request; any failure to read the page is the page's gap
                 envelope = parse_envelope(response.body, page, self.plan.page_limit)
-                rows = page_rows(envelope.systems, page)
+                # A body past STREAM_ABOVE (systems read one at a time) is packed as it is read.
+                big = isinstance(envelope.systems, LazySystems)
+                rows = page_rows(envelope.systems, page, part_rows=PART_ROWS if big else None,
+                                 total_records=envelope.total_records)
             except PayloadError as exc:
                 if not self._past_the_end(page, retried, f"could not be read ({exc.error_type})"):
                     yield self._gap(page, exc.error_type, str(exc), response.meta, response.body, 200)

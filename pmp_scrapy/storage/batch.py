@@ -6,10 +6,11 @@ and answers with a :class:`CheckpointResult`.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterator
 from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pmp_scrapy.rows import pack_part, unpack_part
 
 if TYPE_CHECKING:
     from pmp_scrapy.rows import MappingRow
@@ -47,17 +48,24 @@ class Batch:
         if mappings or systems:
             self.add_page(mappings or [], systems or [])
 
-    def add_page(self, rows: list[MappingRow], systems: list[dict[str, Any]]) -> None:
+    def add_page(self, rows: list[MappingRow], systems: list[dict[str, Any]], *,
+                 packed: list[bytes] | None = None, packed_mappings: int = 0) -> None:
         """Buffer one page: its mapping rows and the systems it reported (adds to ``packed_bytes``).
         A page of more than :data:`PART_ROWS` rows is kept as parts of whole systems
         (:func:`page_parts`), each packed and committed on its own, so neither packing nor the
-        commit ever holds such a page's rows twice."""
+        commit ever holds such a page's rows twice. ``packed`` are the page's first parts, packed
+        while it was read (:func:`pmp_scrapy.rows.page_rows`, ``packed_mappings`` rows in all);
+        ``rows`` and ``systems`` are then the rest of the page."""
+        for part in packed or ():
+            self._packed_pages.append(part)
+            self.packed_bytes += len(part)
+        self.mapping_count += packed_mappings
         if rows or systems:
             parts = page_parts(rows, systems, PART_ROWS) if len(rows) > PART_ROWS else iter([(rows, systems)])
-            for part in parts:
-                packed = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-                self._packed_pages.append(packed)
-                self.packed_bytes += len(packed)
+            for part_rows, part_systems in parts:
+                part = pack_part(part_rows, part_systems)
+                self._packed_pages.append(part)
+                self.packed_bytes += len(part)
             self.mapping_count += len(rows)
 
     def add_mappings(self, rows: list[MappingRow]) -> None:
@@ -68,7 +76,7 @@ class Batch:
         """The buffered pages (or parts of a page, see :meth:`add_page`), ``(rows, systems)``, in
         the order they were added; one is unpacked at a time."""
         for packed in self._packed_pages:
-            yield pickle.loads(packed)
+            yield unpack_part(packed)
 
     def mapping_pages(self) -> Iterator[list[MappingRow]]:
         """The buffered rows, page by page, in the order they were added."""

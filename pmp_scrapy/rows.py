@@ -134,7 +134,7 @@ class PageRows:
     def release(self) -> None:
         """Drop the rows, packed or not, keeping their count: the batch has them packed, and a
         page far above the usual size must not stay in memory twice while its batch commits."""
-        self.mappings, self.parts = ReleasedRows(self.mapping_count), []
+        self.mappings, self.parts, self.part_mappings = ReleasedRows(self.mapping_count), [], 0
 
     def __repr__(self) -> str:
         # Short on purpose: a page item is logged whole wherever Scrapy logs an item (an error in
@@ -157,12 +157,12 @@ def page_rows(systems: Iterable[dict[str, Any]], page: int, *, part_rows: int | 
               total_records: int | None = None) -> PageRows:
     """Normalise a page's systems; warn about what cannot be stored.
 
-    With ``part_rows`` (a page far above the usual size), every time the rows reach that many
-    at the end of a system, they and their systems (marked with ``total_records``, the state of
-    the tenant they were seen in) are packed into :attr:`PageRows.parts`, so the live rows of
-    the page never exceed about one part. A system met again after its part was packed (the
-    page lists it twice: its rows are united at commit) unpacks the parts and the page is kept
-    whole from then on.
+    Systems are marked with ``total_records`` when it is given (the state of the tenant they
+    were seen in). With ``part_rows`` (a page far above the usual size), every time the rows
+    reach that many at the end of a system, they and their systems are packed into
+    :attr:`PageRows.parts`, so the live rows of the page never exceed about one part. A system
+    met again after its part was packed (the page lists it twice: its rows are united at
+    commit) unpacks the parts and the page is kept whole from then on.
 
     Raises :class:`~pmp_scrapy.envelope.PayloadError` (``invalid_payload``) naming the field when
     a value cannot be read at all: the page is then a gap, never partly stored."""
@@ -191,6 +191,9 @@ def page_rows(systems: Iterable[dict[str, Any]], page: int, *, part_rows: int | 
             result.part_systems += len(result.systems)
             mappings.clear()
             result.systems = []
+    if total_records is not None:
+        for listed in result.systems:
+            listed["total_records"] = total_records
     return result
 
 

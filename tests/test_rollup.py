@@ -21,7 +21,7 @@ from pmp_scrapy.reporting.codes import SEVERITIES, severity_name, status_name
 from pmp_scrapy.simulator import DatasetSpec, Scenario, Simulator
 from pmp_scrapy.storage.commit import coverage_query
 from pmp_scrapy.storage.engine import open_engine
-from pmp_scrapy.storage.rollup import coverage
+from pmp_scrapy.storage.rollup import coverage, stale_customers
 
 SMALL = DatasetSpec(managed_systems=240, no_patch_share=0.0)
 RUN = {"PMP_BATCH_PAGES": 0, "PMP_CHECKPOINT_EVERY": 3}
@@ -75,11 +75,14 @@ def expected_rollups(url: str) -> tuple[dict[tuple[str, str], dict[str, Any]], s
 
 
 def assert_consistent(url: str) -> None:
-    """The roll-ups equal the oracle, and coverage from them equals ``coverage_query``."""
+    """The roll-ups equal the oracle, coverage from them equals ``coverage_query``, and what they
+    are recorded as up to is what ``dcapi_systems`` holds (a commit that only saw systems writes
+    its time there without reading every system: the two must agree)."""
     systems, pairs = expected_rollups(url)
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
+            assert stale_customers(conn) == []
             stored = {(r["customer"], r["resource_id"]): {k: v for k, v in r.items() if k not in ("customer", "resource_id")}
                       for r in conn.execute(sa.text("SELECT * FROM dcapi_system_rollup")).mappings()}
             stored_pairs = {tuple(r) for r in conn.execute(sa.text(

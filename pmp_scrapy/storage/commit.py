@@ -60,6 +60,7 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
     changes = Changes()
     first = first_reads(conn, batch.snapshot_id, list(batch.page_totals))
     shifted_before = 0  # a system met again on a page's first read: every page before it is read again
+    wrote_systems = False
     # Page by page, in arrival order: a system that moved between pages during the sweep ends
     # with its later page's patch list.
     for page_rows, page_systems in batch.pages():
@@ -72,9 +73,13 @@ def commit_batch(conn: Connection, batch: Batch) -> CheckpointResult:
         changes.events.extend(page_changes.events)
         if page_systems:
             _write_systems(conn, ctx, page_systems, changes)
+            wrote_systems = True
     write_events(conn, changes.events)
     # After the systems are written: a system new or back from retirement is present by now.
-    refresh(conn, changes.touched | set(without_rollup(conn, ctx.customer, changes.with_mappings - changes.touched)))
+    # Only last_seen_at moved (to now) unless a system came back (its retired_at cleared).
+    brought_back = any(event["event"] == "system_returned" for event in changes.events)
+    refresh(conn, changes.touched | set(without_rollup(conn, ctx.customer, changes.with_mappings - changes.touched)),
+            seen=(ctx.customer, now) if wrote_systems and not brought_back else None)
     _write_page_totals(conn, upsert, batch, now)
     seen_twice = mark_read_again(conn, batch.snapshot_id, before=shifted_before) if shifted_before else []
 

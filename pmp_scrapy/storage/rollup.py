@@ -31,10 +31,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, bindparam, text, update
 
 from pmp_scrapy.reporting.codes import SEVERITIES
+from pmp_scrapy.storage.schema import rollup_sources
 from pmp_scrapy.storage.views import with_views
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def _chunks(values: list[str], size: int) -> Iterable[list[str]]:
         yield values[start:start + size]
 
 
-def refresh(conn: Connection, system_ids: Iterable[str]) -> None:
+def refresh(conn: Connection, system_ids: Iterable[str], *, seen: tuple[str, datetime] | None = None) -> None:
     """Rebuild the roll-up rows of these resource ids (every customer's: mappings carry no
     customer) from ``patch_system_mapping``, ``dcapi_systems`` and ``dcapi_mapping_history``.
     Writes ``dcapi_system_rollup``, ``dcapi_missing_pairs``, ``dcapi_bulletin_patches`` and
@@ -107,7 +109,7 @@ def refresh(conn: Connection, system_ids: Iterable[str]) -> None:
     ids when it wrote no mapping), after the commit wrote ``dcapi_systems``."""
     ids = sorted(set(system_ids))
     if not ids:
-        record_sources(conn)  # a commit that wrote no mapping still moved last_seen_at
+        record_sources(conn, seen=seen)  # a commit that wrote no mapping still moved last_seen_at
         return
     systems, pairs, bulletins = (text(sql).bindparams(bindparam("ids", expanding=True))
                                  for sql in _inserts(conn.dialect.name, "resource_id IN :ids"))
@@ -123,7 +125,7 @@ def refresh(conn: Connection, system_ids: Iterable[str]) -> None:
         conn.execute(systems, {"ids": chunk})
         conn.execute(pairs, {"ids": chunk})
         conn.execute(bulletins, {"ids": chunk})
-    record_sources(conn)
+    record_sources(conn, seen=seen)
 
 
 def without_rollup(conn: Connection, customer: str, system_ids: Iterable[str]) -> list[str]:
@@ -165,10 +167,20 @@ def stale_customers(conn: Connection) -> list[str]:
     return [row[0] for row in conn.execute(text(_changed_sources(conn.dialect.name)))]
 
 
-def record_sources(conn: Connection) -> None:
+def record_sources(conn: Connection, *, seen: tuple[str, datetime] | None = None) -> None:
     """Record, for the customers whose ``dcapi_systems`` maxima moved, the values the roll-ups are
     now up to (``dcapi_rollup_sources``). Only rows that differ are written: concurrent commits of
-    other customers never wait on each other here."""
+    other customers never wait on each other here.
+
+    ``seen`` ``(customer, at)`` says the only change since the last record is that customer's
+    systems seen ``at`` (a batch commit that retired and brought back none): its
+    ``last_seen_at`` is then the new maximum, written without the pass over ``dcapi_systems``
+    (8 ms a commit at 99,510 systems). A clock set back since an earlier run makes that value
+    lower than the real maximum, which the next open reads as stale: a rebuild, never a
+    stale answer."""
+    if seen is not None and conn.execute(update(rollup_sources).where(rollup_sources.c.customer == seen[0])
+                                         .values(last_seen_at=seen[1])).rowcount == 1:
+        return
     changed = stale_customers(conn)
     if not changed:
         return

@@ -140,7 +140,8 @@ systems = Table(
     PrimaryKeyConstraint("customer", "resource_id"),
 )
 Index("idx_dcapi_systems_present", systems.c.customer, systems.c.retired_at)
-Index("idx_dcapi_systems_snapshot", systems.c.customer, systems.c.last_seen_snapshot)
+Index("idx_dcapi_systems_snapshot_patches",  # covers the checkpoint's counts: no row lookups
+      systems.c.customer, systems.c.last_seen_snapshot, systems.c.patch_count)
 Index("idx_dcapi_systems_resource", systems.c.resource_id)  # mappings carry no customer: the roll-ups' way in
 
 # The totalRecords each page of a snapshot was last answered with: pages answered before the

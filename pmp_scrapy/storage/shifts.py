@@ -18,7 +18,7 @@ again, in this run or the next one.
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, or_, select, update
 
 from pmp_scrapy.storage.schema import snapshot_pages, systems
 
@@ -46,9 +46,11 @@ def seen_on_earlier_page(conn: Connection, customer: str, snapshot_id: int, page
     if not ids or page <= 1:
         return False
     s = systems.c
-    return conn.execute(select(func.count()).where(
-        s.customer == customer, s.resource_id.in_(sorted(set(ids))), s.last_seen_snapshot == snapshot_id,
-        s.last_seen_page < page)).scalar_one() > 0
+    # Looked up by key and filtered here: with the snapshot in the condition, SQLite reads the
+    # snapshot's index instead, every system seen so far (7 ms a page at 99,510 systems).
+    return any(snap == snapshot_id and last is not None and last < page for snap, last in conn.execute(
+        select(s.last_seen_snapshot, s.last_seen_page).where(s.customer == customer,
+                                                              s.resource_id.in_(sorted(set(ids))))))
 
 
 def unseen_in(snapshot_id: int, total_records: int | None) -> ColumnElement[bool]:

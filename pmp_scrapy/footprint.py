@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import linecache
 import sys
+from collections.abc import Callable
 
 UNUSED_OPTIONAL_IMPORTS: tuple[str, ...] = ("pydantic",)
 
@@ -44,26 +45,26 @@ def skip_unused_imports() -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
+def _glibc(name: str) -> Callable[..., int] | None:
+    """The function ``name`` of the C library the interpreter runs on, when that is glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None), name)  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
 def fix_mmap_threshold() -> bool:
     """Pin glibc's mmap threshold; ``False`` where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-    except (OSError, AttributeError):  # no mallopt: not glibc
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    mallopt = _glibc("mallopt")
+    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def one_arena() -> bool:
     """Make glibc serve every thread from one heap; ``False`` where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_ARENA_MAX, 1))
+    mallopt = _glibc("mallopt")
+    return bool(mallopt and mallopt(_M_ARENA_MAX, 1))
 
 
 def release_startup_caches() -> None:
@@ -74,13 +75,8 @@ def release_startup_caches() -> None:
 def trim_heap() -> bool:
     """Give the C heap's free memory back to the system (glibc ``malloc_trim``), e.g. between two
     crawls of one process; ``False`` where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(malloc_trim(0))
+    malloc_trim = _glibc("malloc_trim")
+    return bool(malloc_trim and malloc_trim(0))
 
 
 def apply() -> None:

@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 from conftest import component_crawler, crawl_settings, mapping_table, oauth_env
-from scrapy import signals
+from scrapy import Request, signals
 from scrapy.crawler import CrawlerRunner
-from test_batch_bytes import checkpoint_and_stored_pages
 
 from pmp_scrapy import envelope_stream
 from pmp_scrapy import signals as pmp_signals
@@ -241,51 +240,93 @@ def test_the_spider_asks_for_one_page_at_a_time_after_a_big_answer_until_a_usual
     assert crawler.stats.get_value("pmp/pages_one_at_a_time") == 2
 
 
+def test_a_big_content_length_holds_back_further_pages_before_the_body_is_in() -> None:
+    spider = DcapiPatchesSpider.from_crawler(component_crawler())
+    usual = spider.window
+    spider._headers_received({}, STREAM_ABOVE + 1, Request("http://pmp/token", meta={}))  # not a page
+    spider._headers_received({}, 350_000, Request("http://pmp/p", meta={"pmp_page": 1}))
+    assert spider.window == usual
+    spider._headers_received({}, STREAM_ABOVE + 1, Request("http://pmp/p", meta={"pmp_page": 2}))
+    assert spider.window == 1
+    spider._admit_by_size(2, 350_000)  # the answer decides: of the usual size after all
+    assert spider.window == usual
+
+
+def latest_checkpoint_and_pages(db: Path) -> tuple[int, set[int]]:
+    """The latest snapshot's checkpoint page and the pages it has stored systems of, read apart
+    from the crawl's own connection (what another reader sees once a commit has landed)."""
+    with sqlite3.connect(db) as conn:
+        snapshot, last = conn.execute("SELECT snapshot_id, last_page FROM dcapi_extraction_checkpoints "
+                                      "ORDER BY snapshot_id DESC LIMIT 1").fetchone()
+        pages = {int(p) for (p,) in conn.execute("SELECT DISTINCT last_seen_page FROM dcapi_systems "
+                                                 "WHERE last_seen_snapshot = ?", (snapshot,))}
+    return int(last), pages
+
+
+class InFlight:
+    """The page requests in the downloader: for each page, how many others were in it when its
+    request entered, and whether a page had been answered by then."""
+
+    def __init__(self, crawler: Any) -> None:
+        self.pages: list[int] = []
+        self.others: dict[int, tuple[int, bool]] = {}
+        self.answers = 0
+        crawler.signals.connect(self.sent, signal=signals.request_reached_downloader, weak=False)
+        crawler.signals.connect(self.answered, signal=signals.response_received, weak=False)
+
+    def sent(self, request: Any, **_: Any) -> None:
+        if "pmp_page" in request.meta:
+            self.others[request.meta["pmp_page"]] = (len(self.pages), self.answers > 0)
+            self.pages.append(request.meta["pmp_page"])
+
+    def answered(self, response: Any, request: Any, **_: Any) -> None:
+        if request.meta.get("pmp_page") in self.pages:
+            self.pages.remove(request.meta["pmp_page"])
+            self.answers += 1
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_crawl_of_wide_pages_stores_every_mapping_one_page_at_a_time(
         db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Three pages of 30 systems x 1,000 patches (~6 MB a body, 30,000 rows: two parts each)."""
+    """Four pages of 30 systems x 1,000 patches (~6 MB a body, 30,000 rows: two parts each),
+    swept twice: the second sweep asks for pages on the first one's page count before any answer."""
     for name, value in oauth_env().items():
         monkeypatch.setenv(name, value)
-    pages = 3
+    pages = 4
     bodies = {page: envelope(wide_systems(1_000 * page, 30, 1_000, page=page), page, pages) for page in range(1, pages + 1)}
     faults = [Fault(page=page, kind="slow", delay=0.0, body=json.dumps(body, ensure_ascii=False))
               for page, body in bodies.items()]
     assert all(len((fault.body or "").encode()) > STREAM_ABOVE for fault in faults)
-    in_flight: list[int] = []
-    most = [0]
-
-    def sent(request: Any, **_: Any) -> None:
-        if "pmp_page" in request.meta:
-            in_flight.append(request.meta["pmp_page"])
-            most[0] = max(most[0], len(in_flight))
-
-    def answered(response: Any, request: Any, **_: Any) -> None:
-        if request.meta.get("pmp_page") in in_flight:
-            in_flight.remove(request.meta["pmp_page"])
-
-    seen: list[tuple[int, set[int]]] = []
-    scenario = Scenario(dataset=DatasetSpec(managed_systems=30 * pages, no_patch_share=0.0), faults=faults)
-    with Simulator(scenario=scenario) as sim:
-        settings = crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, PMP_CATALOG_PAGE_LIMIT=0, PMP_CHECKPOINT_EVERY=10)
-        crawler = CrawlerRunner(settings).create_crawler(DcapiPatchesSpider)
-        crawler.signals.connect(sent, signal=signals.request_reached_downloader, weak=False)
-        crawler.signals.connect(answered, signal=signals.response_received, weak=False)
-        crawler.signals.connect(lambda **_: seen.append(checkpoint_and_stored_pages(db_path)),
-                                signal=pmp_signals.batch_committed, weak=False)
-        await crawler.crawl()
-    stats = crawler.stats.get_stats()
-    assert stats["pmp/exit_code"] == 0, stats.get("pmp/exit_message")
     expected = {(str(s["resource_id"]), str(p["patch_id"])): (p["patchname"], p["severity"], p["patch_status"],
                                                               p["bulletinid"], p["vendor_name"], p["installed_time"])
                 for body in bodies.values() for s in body["message_response"]["systemreport"] for p in s["patches"]}
-    assert mapping_table(db_path) == expected
-    assert stats["pmp/mappings_upserted"] == pages * 30 * 1_000
-    assert most[0] == 1  # page 1 alone first, then each answer asks for one more
-    assert stats["pmp/pages_one_at_a_time"] == pages
-    # Each wide page commits at once (the last one because the run's pages are all in).
-    assert stats["pmp/batches_ended_by_wide_page"] == pages - 1
-    assert [last for last, _ in seen] == list(range(1, pages + 1))
-    for last, stored in seen:
-        assert set(range(1, last + 1)) <= stored, (last, sorted(stored))
+    scenario = Scenario(dataset=DatasetSpec(managed_systems=30 * pages, no_patch_share=0.0), faults=faults)
+    with Simulator(scenario=scenario) as sim:
+        for sweep in (1, 2):
+            seen: list[tuple[int, set[int]]] = []
+            settings = crawl_settings(sim, db_path, PMP_BATCH_PAGES=0, PMP_CATALOG_PAGE_LIMIT=0,
+                                      PMP_CHECKPOINT_EVERY=10, PMP_REFRESH_INTERVAL=0.001)
+            crawler = CrawlerRunner(settings).create_crawler(DcapiPatchesSpider)
+            flight = InFlight(crawler)
+            crawler.signals.connect(lambda **_: seen.append(latest_checkpoint_and_pages(db_path)),  # noqa: B023
+                                    signal=pmp_signals.batch_committed, weak=False)
+            await crawler.crawl()
+            stats = crawler.stats.get_stats()
+            assert stats["pmp/exit_code"] == 0, stats.get("pmp/exit_message")
+            assert mapping_table(db_path) == expected
+            assert stats["pmp/pages_one_at_a_time"] == pages
+            # Each wide page commits at once (the last one because the run's pages are all in).
+            assert stats["pmp/batches_ended_by_wide_page"] == pages - 1
+            # Answers may come back out of order in the second sweep: the checkpoint then waits.
+            lasts = [last for last, _ in seen]
+            assert lasts == sorted(lasts) and lasts[-1] == pages and len(lasts) == pages
+            for last, stored in seen:
+                assert set(range(1, last + 1)) <= stored, (last, sorted(stored))
+            if sweep == 1:  # page 1 alone first, then each answer asks for one more
+                assert flight.others == {page: (0, page > 1) for page in range(1, pages + 1)}
+                assert lasts == list(range(1, pages + 1))
+                assert stats["pmp/mappings_upserted"] == pages * 30 * 1_000
+            else:  # pages asked for on the first sweep's count may leave before any answer; once
+                # one has come back, each page waits for the others' answers
+                assert all(others == 0 for others, after in flight.others.values() if after), flight.others
 

@@ -70,6 +70,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         spider.window = 2 * max_in_flight(crawler.settings) + 4
         crawler.signals.connect(spider._ask_for_the_rest, signal=signals.spider_idle)
         crawler.signals.connect(spider._reread_shifted_pages, signal=signals.spider_idle)
+        crawler.signals.connect(spider._headers_received, signal=signals.headers_received)
         return spider
 
     def _ask_for_the_rest(self) -> None:
@@ -224,6 +225,18 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
                 yield item
         if not retried:
             yield from self._more_pages()
+
+    def _headers_received(self, headers: Any, body_length: int, request: scrapy.Request) -> None:
+        """A page answer announcing (``Content-Length``) a body past ``STREAM_ABOVE``: one page at
+        a time from now on, not once the body is in. At the start of a sweep the pages asked for
+        on the previous page count leave before any answer: this holds back those not asked for
+        yet while the first big bodies arrive (:meth:`_admit_by_size` decides at the answer)."""
+        if "pmp_page" in request.meta and body_length > STREAM_ABOVE and self.window != 1:
+            self.__dict__.setdefault("_usual_window", self.window)
+            self.window = 1
+            logger.info("page %s announces %.1f MB: asking for one page at a time while answers are this large",
+                        request.meta["pmp_page"], body_length / 1e6,
+                        extra={"event_type": "big_pages", "page": request.meta["pmp_page"], "bytes": body_length})
 
     def _admit_by_size(self, page: int, size: int) -> None:
         """After an answer past ``STREAM_ABOVE`` bytes, one page at a time (``window`` 1) until an

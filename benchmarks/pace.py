@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -72,7 +73,11 @@ class Sweep:
     rss_mb: float
     most_at_once: int
     most_in_a_second: int
+    most_seen_in_a_second: int  # the same counted at when the simulator got to them (late under load)
     refused: int
+    stamp_lag: float  # the most a request waited between arriving and the simulator getting to it
+    tightest_five: float  # the shortest span of five consecutive PMP arrivals (under 1 s: five in one second)
+    tightest_five_seen: float  # the same counted when the simulator got to them
 
     @property
     def bound(self) -> float:
@@ -102,6 +107,12 @@ def most_in_window(times: list[float], window: float = 1.0) -> int:
     return best
 
 
+def tightest_span(times: list[float], arrivals: int = 5) -> float:
+    """The shortest time ``arrivals`` consecutive arrivals took (under 1 s: too many in one second)."""
+    times = sorted(times)
+    return min((times[k + arrivals - 1] - times[k] for k in range(len(times) - arrivals + 1)), default=math.inf)
+
+
 def page1_wait(pmp: list[dict[str, Any]]) -> float:
     """Idle time before page 2 left, beyond one spacing after the PMP request before it."""
     ordered = sorted(pmp, key=lambda r: r["t"])
@@ -124,7 +135,11 @@ def sweep(url: str, db: Path, latency: float, **settings: Any) -> Sweep:
                  page1_wait(pmp), exited - last, crawl.peak_rss_mb,
                  most_at_once=max(held_at(pmp, r["t"]) for r in pmp),
                  most_in_a_second=most_in_window([r["t"] for r in pmp]),
-                 refused=sum(r.get("fault") == "rate_limited" for r in pmp))
+                 most_seen_in_a_second=most_in_window([r.get("seen") or r["t"] for r in pmp]),
+                 refused=sum(r.get("fault") == "rate_limited" for r in pmp),
+                 stamp_lag=max((r.get("seen") or r["t"]) - r["t"] for r in pmp),
+                 tightest_five=tightest_span([r["t"] for r in pmp]),
+                 tightest_five_seen=tightest_span([r.get("seen") or r["t"] for r in pmp]))
 
 
 def median(sweeps: list[Sweep], name: str) -> float:
@@ -145,6 +160,10 @@ def report(label: str, sweeps: list[Sweep]) -> list[str]:
         (f"{'':<22} peak RSS {m['rss_mb']:.1f} MB median, {max(s.rss_mb for s in sweeps):.1f} max ({verdict} "
          f"{RSS_BUDGET_MB:.0f} MB); held at once <= {max(s.most_at_once for s in sweeps)}; most PMP arrivals in "
          f"1 s {max(s.most_in_a_second for s in sweeps)}; refused for rate {sum(s.refused for s in sweeps)}"),
+        (f"{'':<22} tightest 5 arrivals {min(s.tightest_five for s in sweeps):.3f}s (under 1: five in one "
+         f"second); counted when the simulator got to them (parsed): most in 1 s "
+         f"{max(s.most_seen_in_a_second for s in sweeps)}, tightest 5 {min(s.tightest_five_seen for s in sweeps):.3f}s; "
+         f"longest wait arrival -> parsed {max(s.stamp_lag for s in sweeps) * 1000:.0f} ms"),
     ]
 
 

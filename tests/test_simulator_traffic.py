@@ -13,7 +13,7 @@ import pytest
 from test_simulator import PAGES, SMALL, get, token_request
 
 from pmp_scrapy.simulator import DEMO_CREDENTIALS, Fault, RecordedRequest, Scenario, Simulator
-from pmp_scrapy.simulator.traffic import LatencyModel
+from pmp_scrapy.simulator.traffic import LatencyModel, RateLimit, SlidingWindowLimiter
 
 KEY = DEMO_CREDENTIALS["api_key"]
 API_PATHS = [f"{PAGES}?page=1&pageLimit=5", "/api/1.4/som/computers?page=1&pagelimit=1",
@@ -92,10 +92,16 @@ def test_latency_per_system_and_jitter() -> None:
     assert all(0.05 <= d <= 0.25 for d in first)
 
 
-def refused_by_window(records: list[RecordedRequest], limit: int) -> list[bool]:
-    """For each record (arrival order): whether ``limit`` arrivals were in the second before it."""
+def limited_by_window(records: list[RecordedRequest], limit: int) -> bool:
+    """Whether the limiter kept its word on ``records``: the admitted arrivals never more than
+    ``limit`` in any one second, and every refused one had ``limit`` arrivals within a second of
+    it. (Arrivals are stamped when their bytes reach the socket and judged when their thread gets
+    there, so a burst's refusals are not always its last arrivals in time.)"""
+    admitted = sorted(r.t for r in records if r.status != 429)
+    if any(b - a < 1.0 for a, b in zip(admitted, admitted[limit:], strict=False)):
+        return False
     times = [r.t for r in records]
-    return [sum(1 for s in times[:k] if t - s < 1.0) >= limit for k, t in enumerate(times)]
+    return all(sum(1 for s in times if abs(s - r.t) < 1.0) - 1 >= limit for r in records if r.status == 429)
 
 
 def test_rate_limiter_refuses_the_arrival_over_the_limit_with_429() -> None:
@@ -106,7 +112,7 @@ def test_rate_limiter_refuses_the_arrival_over_the_limit_with_429() -> None:
         assert statuses == [200] * 4 + [429] * 6
         assert all(a[1]["Retry-After"] == "1" for a in answers if a[0] == 429)  # type: ignore[index]
         records = sim.requests
-        assert [r.status == 429 for r in records] == refused_by_window(records, 4)
+        assert limited_by_window(records, 4)
         assert [r.fault for r in records if r.status == 429] == ["rate_limited"] * 6
         assert sim.rate_limited_count == 6
         # refusals count as arrivals: right after the burst, still refused; a second later, admitted
@@ -114,7 +120,33 @@ def test_rate_limiter_refuses_the_arrival_over_the_limit_with_429() -> None:
         time.sleep(1.05)
         assert get(sim, API_PATHS[0])[0] == 200
         records = sim.requests
-        assert [r.status == 429 for r in records] == refused_by_window(records, 4)
+        assert limited_by_window(records, 4)
+
+
+def test_rate_limiter_judges_arrivals_handed_in_out_of_order() -> None:
+    limiter = SlidingWindowLimiter(RateLimit(4))
+    assert [limiter.arrive(t) is None for t in (0.0, 0.26, 0.52, 0.78, 1.04, 1.30)] == [True] * 6  # 0.26 apart: all in
+    limiter = SlidingWindowLimiter(RateLimit(4))
+    # the first arrival of five in 0.99 s is handled last (its thread got the lock late): it is the one refused
+    assert [limiter.arrive(t) is None for t in (0.26, 0.52, 0.78, 0.99, 0.0)] == [True, True, True, True, False]
+    assert limiter.refused == 1
+
+
+def test_an_arrival_is_stamped_when_its_bytes_reach_the_socket_not_when_the_simulator_gets_to_it() -> None:
+    """A busy simulator (here: its lock held by the test) reads a request late; its arrival is still
+    when the client sent it, so a late read cannot crowd it into the next second's arrivals."""
+    with Simulator(Scenario(dataset=SMALL)) as sim:
+        connection = http.client.HTTPConnection(sim.host, sim.port, timeout=30)
+        with sim._lock:  # every handler thread waits here before it answers
+            sent = time.monotonic()
+            connection.request("GET", API_PATHS[1], headers={"Authorization": KEY})
+            time.sleep(0.3)
+            released = time.monotonic()
+        assert connection.getresponse().status == 200
+        connection.close()
+        [record] = sim.requests
+    assert sent <= record.t < released  # arrival: before the simulator got to it
+    assert record.seen is not None and record.seen >= released
 
 
 def test_rate_limiter_html_reply_spares_the_token_endpoint() -> None:

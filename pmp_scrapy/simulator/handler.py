@@ -4,6 +4,7 @@ answer them, sleeps out the answer's latency in its own thread, records and send
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import socket
 import threading
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from .api import route_kind
+from .arrivals import StampedReader, enable_receive_stamps
 from .records import Incoming, Meta, RecordedRequest, record_of
 from .replies import Reply
 
@@ -46,6 +48,7 @@ class SimulatorHTTPServer(ThreadingHTTPServer):
         self.conn_lock = threading.Lock()
         self._serials = itertools.count(1)
         super().__init__(address, _Handler)
+        enable_receive_stamps(self.socket)  # from the first byte of every accepted connection on
 
     def next_connection_serial(self) -> int:
         """1, 2, 3 ... for each accepted connection."""
@@ -70,6 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # the stock reader: replaced by one that knows when each request arrived
+        self.reader = StampedReader(self.connection)
+        self.rfile = io.BufferedReader(self.reader)
         self.connection_serial = self.server.next_connection_serial()
         self.served = 0  # requests read on this connection so far
         with self.server.conn_lock:
@@ -81,6 +87,11 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with self.server.conn_lock:
                 self.server.open_connections.discard(self.connection)
+
+    def handle_one_request(self) -> None:
+        """Read and serve one request; its arrival is when its first bytes reached the socket."""
+        self.reader.mark()
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default per-request stderr logging."""
@@ -120,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
             form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"),
                                                   keep_blank_values=True).items()}
         incoming = Incoming(method, split.path, query, {k.lower(): v for k, v in self.headers.items()},
-                            form, route_kind(method, split.path), self.connection_serial, reused)
+                            form, route_kind(method, split.path), self.connection_serial, reused,
+                            self.reader.arrival)
         reply, meta = sim.handle(incoming)
         if reply.delay > 0:
             time.sleep(reply.delay)  # in this connection's thread: other requests overlap

@@ -23,16 +23,19 @@ class Incoming:
     kind: str
     connection: int = 0
     reused: bool = False
+    arrived: float | None = None  # when its first bytes reached the socket (monotonic), if known
 
 
 @dataclass
 class Meta:
-    """What the Simulator learnt about a request while answering it: arrival time
-    (``time.monotonic()`` and wall clock, taken in arrival order), authentication, page and
+    """What the Simulator learnt about a request while answering it: arrival time (monotonic
+    and wall clock: when its first bytes reached the socket, see ``arrivals.py``), when the
+    simulator got to it (``seen``, monotonic: later on a busy machine), authentication, page and
     customer."""
 
     t: float = 0.0
     wall: float = 0.0
+    seen: float = 0.0
     auth: str = "none"
     page: int | None = None
     customer: str | None = None
@@ -42,8 +45,10 @@ class Meta:
 class RecordedRequest:
     """One request as the simulator saw it. Never holds a secret or a token value.
 
-    ``t`` is the arrival (monotonic), ``answered`` when the answer was sent or the connection
-    closed (monotonic), ``connection`` the serial of the TCP connection it came on.
+    ``t`` is the arrival (monotonic: when its first bytes reached the socket), ``seen`` when the
+    simulator had read and parsed it (monotonic: later than ``t`` by however long a busy machine
+    took), ``answered`` when the answer was sent or the connection closed (monotonic),
+    ``connection`` the serial of the TCP connection it came on.
     """
 
     t: float
@@ -61,6 +66,7 @@ class RecordedRequest:
     query_has_secret: bool
     answered: float | None = None
     connection: int = 0
+    seen: float | None = None
 
 
 def record_of(inc: Incoming, meta: Meta, reply: Reply, answered: float) -> RecordedRequest:
@@ -72,7 +78,7 @@ def record_of(inc: Incoming, meta: Meta, reply: Reply, answered: float) -> Recor
         page=meta.page, customer=meta.customer, auth=meta.auth,
         status=0 if reply.drop else reply.status, fault=reply.fault, form_fields=tuple(inc.form),
         query_has_secret=any(k in inc.query for k in SECRET_FIELDS), answered=answered,
-        connection=inc.connection)
+        connection=inc.connection, seen=meta.seen)
 
 
 def records_json(records: list[RecordedRequest]) -> bytes:

@@ -217,8 +217,10 @@ class Simulator:
         """Answer one recorded request; the reply's ``delay`` is slept by the caller."""
         meta = Meta(customer=inc.query.get("customername") or None)
         page_requests = 0
-        with self._lock:  # arrival time and traffic rules in one order
-            meta.t, meta.wall = time.monotonic(), time.time()
+        with self._lock:  # the traffic rules see arrivals in the order they are handled
+            meta.seen = time.monotonic()
+            meta.t = inc.arrived if inc.arrived is not None and inc.arrived <= meta.seen else meta.seen
+            meta.wall = time.time() - (meta.seen - meta.t)
             if inc.kind in PMP_KINDS:  # both rules count every arrival, the refused ones too
                 refusal = self._limiter.arrive(meta.t)
                 refusal = self._dropper.arrive(inc.reused) or refusal

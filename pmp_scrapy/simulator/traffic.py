@@ -4,8 +4,8 @@ its lock, in arrival order."""
 
 from __future__ import annotations
 
+import bisect
 import random
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,22 +71,29 @@ def parse_drop_reused(value: Any) -> DropReused | None:
 
 
 class SlidingWindowLimiter:
-    """Arrival times of the last second; an arrival finding ``max`` there already is refused.
-    Refused arrivals count too (a client hammering stays refused)."""
+    """Arrival times of the last seconds; an arrival that would make ``max + 1`` arrivals within
+    one second (with those before or after it) is refused. Arrivals may be handed in slightly out
+    of order (each is stamped when its bytes reached the socket, then handled when its thread
+    gets the lock). Refused arrivals count too (a client hammering stays refused)."""
+
+    KEEP = 2.0  # seconds of arrivals kept behind the latest: more than any handling delay
 
     def __init__(self, limit: RateLimit | None) -> None:
         self.limit = limit
         self.refused = 0
-        self._arrivals: deque[float] = deque()
+        self._arrivals: list[float] = []  # sorted
 
     def arrive(self, t: float) -> Reply | None:
         """Record an arrival at monotonic time ``t``; the refusal if it is over the limit."""
         if self.limit is None:
             return None
-        while self._arrivals and t - self._arrivals[0] >= 1.0:
-            self._arrivals.popleft()
-        over = len(self._arrivals) >= self.limit.max_per_second
-        self._arrivals.append(t)
+        arrivals, most = self._arrivals, self.limit.max_per_second
+        latest = max(t, arrivals[-1]) if arrivals else t
+        del arrivals[:bisect.bisect_left(arrivals, latest - self.KEEP)]
+        at = bisect.bisect_right(arrivals, t)
+        arrivals.insert(at, t)
+        over = any(arrivals[first + most] - arrivals[first] < 1.0
+                   for first in range(max(0, at - most), min(at, len(arrivals) - 1 - most) + 1))
         if not over:
             return None
         self.refused += 1

@@ -59,6 +59,8 @@ class RunState:
     #: page -> totalRecords it was answered with, for the latest snapshot's pages
     page_totals: dict[int, int] = field(default_factory=dict)
     total_records: int | None = None
+    #: mappings a system in the latest snapshot's checkpoint (what a page's size depends on)
+    mappings_per_system: float | None = None
 
 
 @dataclass
@@ -80,6 +82,8 @@ class RunPlan:
     #: a new snapshot's page count as the previous snapshot suggests it (a guess, not a fact: the
     #: spider asks for these pages before the first answer and drops answers past the real end)
     expected_total_pages: int | None = None
+    #: mappings a page of this snapshot can expect, from the latest checkpoint (None: unknown)
+    expected_page_rows: int | None = None
 
     def planned_pages(self, total_pages: int | None) -> int | None:
         """Pages this run will settle: its range of new pages plus the gaps it retries, or
@@ -214,4 +218,5 @@ def make_plan(decision: PlanDecision, state: RunState, snapshot_id: int, batch_p
         known_page_totals={} if new else dict(state.page_totals),
         abandoned=decision.abandon if new else None,
         expected_total_pages=expected_pages(state, limit) if new and first is not None else None,
+        expected_page_rows=round(state.mappings_per_system * limit) if state.mappings_per_system else None,
     )

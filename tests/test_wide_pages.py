@@ -25,17 +25,19 @@ import pytest_twisted
 from conftest import component_crawler, crawl_settings, mapping_table, oauth_env
 from scrapy import Request, signals
 from scrapy.crawler import CrawlerRunner
+from test_envelope_stream import plain
 
 from pmp_scrapy import envelope_stream
 from pmp_scrapy import signals as pmp_signals
 from pmp_scrapy.envelope import parse_envelope
 from pmp_scrapy.envelope_stream import STREAM_ABOVE, LazySystems, load_big
+from pmp_scrapy.plan import PlanDecision, RunState, make_plan
 from pmp_scrapy.rows import PageRows, page_rows, unpack_part
 from pmp_scrapy.simulator import DatasetSpec, Fault, Scenario, Simulator
 from pmp_scrapy.spiders.dcapi_patches import DcapiPatchesSpider
 from pmp_scrapy.storage import Batch, Store
 from pmp_scrapy.storage import batch as batch_module
-from pmp_scrapy.storage.batch import ordered_unique, page_parts
+from pmp_scrapy.storage.batch import PART_ROWS, ordered_unique, page_parts
 
 
 def wide_systems(first_id: int, systems: int, patches: int, *, page: int = 1) -> list[dict[str, Any]]:
@@ -51,15 +53,6 @@ def wide_systems(first_id: int, systems: int, patches: int, *, page: int = 1) ->
 def envelope(systems: list[dict[str, Any]], page: int = 1, pages: int = 1, per_page: int = 30) -> dict[str, Any]:
     return {"metadata": {"page": page, "pageLimit": per_page, "totalPages": pages, "totalRecords": pages * per_page},
             "response_code": 200, "message_type": "systemreport", "message_response": {"systemreport": systems}}
-
-
-def plain(value: Any) -> Any:
-    """``value`` with every LazySystems decoded, for comparison with json.loads."""
-    if isinstance(value, LazySystems):
-        return [plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    return value
 
 
 # --- reading the body on its bytes -------------------------------------------------------------------------
@@ -227,6 +220,31 @@ def test_committing_a_wide_page_in_parts_stores_what_committing_it_whole_stores(
 
 # --- asking for pages by size --------------------------------------------------------------------------
 
+def test_a_plan_expects_a_pages_mappings_from_the_latest_checkpoint_at_its_own_page_size() -> None:
+    """What lets a sweep of wide pages ask for one page at a time before any answer came back."""
+    previous = RunState(snapshot_id=3, snapshot_state="complete", total_pages=4, total_records=120, page_limit=30,
+                        mappings_per_system=1_000.0)
+    assert make_plan(PlanDecision("the previous sweep is complete", None, 1, ()), previous, 4, 0, 30
+                     ).expected_page_rows == 30_000
+    assert make_plan(PlanDecision("the previous sweep is complete", None, 1, ()), previous, 4, 0, 10
+                     ).expected_page_rows == 10_000  # a new snapshot's own page size
+    running = RunState(snapshot_id=3, snapshot_state="running", last_page=2, total_pages=4, page_limit=30,
+                       mappings_per_system=50.0)
+    assert make_plan(PlanDecision(None, None, 3, ()), running, 3, 0, 100).expected_page_rows == 1_500  # its own 30
+    assert make_plan(PlanDecision(None, None, 1, ()), RunState(), 1, 0, 30).expected_page_rows is None
+
+
+def test_a_sweep_expecting_wide_pages_asks_for_one_page_at_a_time_from_the_start() -> None:
+    spider = DcapiPatchesSpider.from_crawler(component_crawler())
+    usual = spider.window
+    spider._admit_by_plan(PART_ROWS)  # pages of the usual size
+    assert spider.window == usual
+    spider._admit_by_plan(PART_ROWS + 1)
+    assert spider.window == 1
+    spider._admit_by_size(1, 350_000)  # an answer of the usual size after all
+    assert spider.window == usual
+
+
 def test_the_spider_asks_for_one_page_at_a_time_after_a_big_answer_until_a_usual_one() -> None:
     crawler = component_crawler()
     spider = DcapiPatchesSpider.from_crawler(crawler)
@@ -322,11 +340,12 @@ async def test_a_crawl_of_wide_pages_stores_every_mapping_one_page_at_a_time(
             assert lasts == sorted(lasts) and lasts[-1] == pages and len(lasts) == pages
             for last, stored in seen:
                 assert set(range(1, last + 1)) <= stored, (last, sorted(stored))
-            if sweep == 1:  # page 1 alone first, then each answer asks for one more
-                assert flight.others == {page: (0, page > 1) for page in range(1, pages + 1)}
-                assert lasts == list(range(1, pages + 1))
+            # Page 1 alone first, then each answer asks for one more: on the first sweep once page
+            # 1's answer is seen to be big, on the second from the start (the first sweep's
+            # checkpoint says how many mappings a page holds), though its pages are asked for on
+            # the first sweep's page count before any answer.
+            assert flight.others == {page: (0, page > 1) for page in range(1, pages + 1)}
+            assert lasts == list(range(1, pages + 1))
+            if sweep == 1:
                 assert stats["pmp/mappings_upserted"] == pages * 30 * 1_000
-            else:  # pages asked for on the first sweep's count may leave before any answer; once
-                # one has come back, each page waits for the others' answers
-                assert all(others == 0 for others, after in flight.others.values() if after), flight.others
 

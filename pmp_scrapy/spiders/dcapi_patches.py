@@ -152,6 +152,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
         self._last_total_records: int | None = None
         self._requested_through = 0
         self._expecting = False
+        self._admit_by_plan(plan.expected_page_rows)
         if self.config.total_systems is None:
             yield scrapy.Request(
                 self._url(INVENTORY_PATH, {"page": 1, "pagelimit": 1}),
@@ -237,6 +238,17 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
             logger.info("page %s announces %.1f MB: asking for one page at a time while answers are this large",
                         request.meta["pmp_page"], body_length / 1e6,
                         extra={"event_type": "big_pages", "page": request.meta["pmp_page"], "bytes": body_length})
+
+    def _admit_by_plan(self, page_rows: int | None) -> None:
+        """One page at a time from the start when the latest checkpoint says a page holds more
+        than ``PART_ROWS`` mappings: the pages asked for before any answer (on the previous page
+        count, or a continued sweep's) would otherwise all be big bodies downloading at once.
+        The first answer of the usual size restores the window (:meth:`_admit_by_size`)."""
+        if (page_rows or 0) > PART_ROWS and self.window != 1:
+            self.__dict__.setdefault("_usual_window", self.window)
+            self.window = 1
+            logger.info("pages of about %d mappings expected (the latest sweep's): asking for one page at a time",
+                        page_rows, extra={"event_type": "big_pages", "mappings": page_rows})
 
     def _admit_by_size(self, page: int, size: int) -> None:
         """After an answer past ``STREAM_ABOVE`` bytes, one page at a time (``window`` 1) until an

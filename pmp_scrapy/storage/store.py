@@ -164,9 +164,11 @@ class Store:
         state.page_totals = {int(page): int(total) for page, total in conn.execute(
             select(snapshot_pages.c.page_num, snapshot_pages.c.total_records).where(
                 snapshot_pages.c.snapshot_id == state.snapshot_id, snapshot_pages.c.total_records.is_not(None)))}
-        state.last_page = conn.execute(
-            select(checkpoints.c.last_page).where(checkpoints.c.snapshot_id == state.snapshot_id)
-        ).scalar()
+        point = conn.execute(select(checkpoints.c.last_page, checkpoints.c.systems_extracted,
+                                    checkpoints.c.patches_extracted).where(
+            checkpoints.c.snapshot_id == state.snapshot_id)).first()
+        state.last_page = point[0] if point else None
+        state.mappings_per_system = point[2] / point[1] if point and point[1] else None
         state.open_gap_pages = [
             int(row[0]) for row in conn.execute(
                 select(gaps.c.page_num)

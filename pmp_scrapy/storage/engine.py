@@ -63,6 +63,10 @@ WRITE = "pmp_write"
 #: the OS caches anyway, and a smaller cache keeps the crawl inside spec NFR-1's 100 MB
 #: (see pmp_scrapy.footprint); the reports set their own, larger one
 SQLITE_CACHE_KIB = 1024
+#: prepared statements the driver keeps per SQLite connection (its default is 128): a commit's
+#: statements whose IN lists differ in length are as many statements, and 128 of the roll-ups'
+#: compiled CTEs held 3 MB of a re-sweep's peak (100.3 -> 97.4 MB, CPU unchanged)
+SQLITE_CACHED_STATEMENTS = 16
 
 SCHEMA_LOCK_KEY = zlib.crc32(b"pmp_scrapy schema")
 SNAPSHOT_LOCK_KEY = zlib.crc32(b"pmp_scrapy snapshot ids")
@@ -194,7 +198,7 @@ def open_engine(url: str, *, busy_timeout: float = 15.0, create: bool = True) ->
     try:
         kwargs: dict = {"future": True}
         if path is not None:
-            kwargs["connect_args"] = {"timeout": busy_timeout}
+            kwargs["connect_args"] = {"timeout": busy_timeout, "cached_statements": SQLITE_CACHED_STATEMENTS}
         else:
             kwargs["pool_pre_ping"] = True
             if make_url(url).get_backend_name() == "postgresql":

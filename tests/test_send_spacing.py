@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 from itertools import pairwise
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_twisted
 from conftest import TEN_PAGES, expected_table, mapping_table, max_requests_in_window, oauth_env, run_crawl
 from test_pacing import paced_settings, pmp_arrivals
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
 
 from pmp_scrapy.http import NoSilentRetryDownloadHandler, SpacedPool, host_of, next_turn
+from pmp_scrapy.http_write import flush
 from pmp_scrapy.pacing import LAG_DECAY, MAX_LAG_ALLOWANCE, lag_allowance, observe_lag
 from pmp_scrapy.simulator import Scenario, Simulator
 
@@ -96,6 +99,50 @@ def test_a_turn_counts_from_the_real_hand_over_when_the_reactor_wakes_late() -> 
     assert fired[-1] == (0.4, "b")  # c is due 0.26 after b really left, not after b was due
     clock.advance(0.06)
     assert fired[-1] == (pytest.approx(0.66), "c")
+
+
+def test_the_next_turn_counts_from_when_the_request_was_flushed() -> None:
+    clock = Clock()
+    pool = SpacedPool(clock, lambda host: 0.26, clock=clock.seconds)
+    fired: list[tuple[float, str]] = []
+    hand_over(pool, "pmp", fired, clock, "a")
+    hand_over(pool, "pmp", fired, clock, "b")
+    clock.advance(0.1)
+    pool.written("pmp")  # a's bytes left 0.1 s after its turn (a write that took that long)
+    clock.advance(0.16)
+    assert fired == [(0.0, "a")]  # b's own turn came, but a left late: b waits one spacing after a left
+    clock.advance(0.1)
+    assert fired[-1] == (pytest.approx(0.36), "b")
+
+
+class _Reactor:
+    def addWriter(self, writer: Any) -> None: ...
+    def removeWriter(self, writer: Any) -> None: ...
+
+
+class _Socket(FileDescriptor):
+    """A connection whose sends are recorded (what the kernel would take at once)."""
+
+    connected = 1
+
+    def __init__(self) -> None:
+        super().__init__(reactor=_Reactor())  # type: ignore[arg-type]
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+def test_a_written_request_is_flushed_through_the_wrappers_at_once() -> None:
+    sock = _Socket()
+    tls = SimpleNamespace(transport=sock)  # a TLS wrapper hands its bytes to the connection under it
+    sock.write(b"GET /dcapi HTTP/1.1\r\n\r\n")
+    assert sock.sent == []  # Twisted would send it at the reactor's next turn
+    assert flush(SimpleNamespace(transport=tls))
+    assert sock.sent == [b"GET /dcapi HTTP/1.1\r\n\r\n"]
+    assert flush(tls) and sock.sent == [b"GET /dcapi HTTP/1.1\r\n\r\n"]  # nothing left: nothing sent twice
+    assert not flush(SimpleNamespace(transport=None))  # no socket found: not known to be sent
 
 
 def test_a_request_cancelled_while_waiting_for_its_turn_writes_nothing() -> None:

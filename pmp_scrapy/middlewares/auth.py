@@ -1,5 +1,8 @@
 """TokenMiddleware: injects ``Authorization: Zoho-oauthtoken …`` on every PMP request (cloud,
-``PMP_AUTH=oauth``) and owns the token state.
+``PMP_AUTH=oauth``) and owns the token state. The project's download handler
+(:mod:`pmp_scrapy.http`) asks it again just before each request is written, after the pace
+wait (:meth:`TokenMiddleware.header_at_write`): the token that leaves is the current one, not
+the one the request got on entering the downloader.
 
 A fresh token at the start of the run; a proactive refresh once the token is older than
 ``PMP_TOKEN_REFRESH_RATIO`` of its lifetime (``expires_in``, else ``PMP_TOKEN_DEFAULT_TTL``); a
@@ -31,19 +34,18 @@ from urllib.parse import urlsplit
 
 from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
-from scrapy.utils.asyncio import run_in_thread
 
 from pmp_scrapy.config import get_config
 from pmp_scrapy.credentials import OAUTH_NAMES, require_secrets
-from pmp_scrapy.errors import StorageError, TokenRefreshError
+from pmp_scrapy.errors import TokenRefreshError
 from pmp_scrapy.extensions.shutdown import pause
 from pmp_scrapy.logformat import register_secret
 from pmp_scrapy.middlewares import SIDE_REQUEST
 from pmp_scrapy.middlewares.backoff import retry_wait
 from pmp_scrapy.middlewares.token_share import SharedToken, share_token, shared_token_of
-from pmp_scrapy.run import find_run
+from pmp_scrapy.middlewares.token_wait import respect_budget
 from pmp_scrapy.runstop import stop_run
-from pmp_scrapy.token_budget import TOKEN_BUDGET, TokenBudget
+from pmp_scrapy.token_budget import TokenBudget
 from pmp_scrapy.zoho import parse_token_response, token_lifetime, token_request
 
 if TYPE_CHECKING:
@@ -63,7 +65,12 @@ TOKEN_TRIES = 3
 #: token failures no retry can fix: the run stops at the first
 FINAL_CAUSES = frozenset({"bad_credentials", "throttled"})
 MAX_CONSECUTIVE_401 = 3
-MAX_QUEUE_MARGIN = 0.15  # of the token lifetime, at most, added to a token's age for the slot queue
+
+
+def _retrieved(refresh: asyncio.Future[None]) -> None:
+    """Nobody awaits a refresh started at write time: its failure already stopped the run."""
+    if not refresh.cancelled():
+        refresh.exception()
 
 
 class TokenMiddleware:
@@ -173,20 +180,28 @@ class TokenMiddleware:
             return "run_start" if self._generation == 0 else (self._stale_reason or "unauthorized")
         if self._stale_reason:
             return self._stale_reason
-        age_when_sent = time.monotonic() - self._obtained_at + self._queue_wait()
-        if age_when_sent > self.config.token_refresh_ratio * self._lifetime:
+        if time.monotonic() - self._obtained_at > self.config.token_refresh_ratio * self._lifetime:
             return "proactive"
         return None
 
-    def _queue_wait(self) -> float:
-        """How long a request handed to the downloader now may wait for its slot: the token is
-        attached here, not when the request leaves, so its age at sending is later than now.
-        Capped so that a long slot delay cannot make every request mint a token."""
-        downloader = getattr(self.crawler.engine, "downloader", None)
-        if downloader is None:
-            return 0.0
-        delay = max((slot.delay for slot in downloader.slots.values()), default=0.0)
-        return min(len(downloader.active) * delay, MAX_QUEUE_MARGIN * self._lifetime)
+    # --- write time (pmp_scrapy.http asks, just before a request is written) ---------------------------
+    @staticmethod
+    def attaches(request: Request) -> bool:
+        """Whether ``request`` carries this middleware's token (set in ``process_request``)."""
+        return not request.meta.get(SIDE_REQUEST) and "pmp_token_generation" in request.meta
+
+    def header_at_write(self, request: Request) -> bytes | None:
+        """The Authorization header for ``request`` as it is written now: the current token
+        (whatever token it got on entering the downloader), its generation recorded for the 401
+        path; ``None`` (keep the header it has) once the run is over or stopping. A token due for
+        refresh starts the refresh (the requests still to enter may be none: the sweep's tail)."""
+        if self._token is None or self._stopped:
+            return None
+        request.meta["pmp_token_generation"] = self._generation
+        if self._refreshing is None and self._refresh_reason() == "proactive":
+            self._refreshing = asyncio.ensure_future(self._refresh_once("proactive"))
+            self._refreshing.add_done_callback(_retrieved)
+        return f"Zoho-oauthtoken {self._token}".encode()
 
     async def _current_token(self) -> str:
         """The token to send now; at most one refresh runs at a time and every caller shares it."""
@@ -213,37 +228,8 @@ class TokenMiddleware:
         finally:
             self._refreshing = None
 
-    async def _respect_budget(self) -> None:
-        """Wait, if need be, until Zoho's budget allows another token: the budget every run of
-        this client shares through the database, else this process's own count."""
-        run = find_run(self.crawler)
-        claim = run.claim_token_mint if run is not None else None
-        if claim is None and run is None and self._shared is not None:
-            claim = self._shared.claim  # a crawler of the command without a run record
-        while True:
-            if claim is not None:
-                try:
-                    wait = await run_in_thread(claim)
-                except StorageError as exc:  # the shared count is unreadable: keep this run's own
-                    logger.warning("token budget shared through the database unavailable (%s); counting this "
-                                   "run's tokens only", exc, extra={"event_type": "token_budget_unshared"})
-                    claim = None
-                    continue
-            else:
-                wait = self._budget.wait_before_next(time.monotonic())
-            if wait <= 0:
-                return
-            logger.warning("Zoho allows %d tokens per 10 minutes and runs of this client have used them; "
-                           "waiting %.0f s rather than be locked out", TOKEN_BUDGET, wait,
-                           extra={"event_type": "token_budget_wait", "wait_s": round(wait, 1)})
-            self.crawler.stats.inc_value("pmp/token_budget_waits")
-            if not await pause(self.crawler, wait):  # a stop of the run ends the wait
-                raise IgnoreRequest("the run is stopping: the token budget wait was cut short")
-            if claim is None:
-                return
-
     async def _refresh(self, reason: str) -> None:
-        await self._respect_budget()
+        await respect_budget(self.crawler, self._budget, self._shared)
         age = round(time.monotonic() - self._obtained_at, 1) if self._generation else None
         error: TokenRefreshError | None = None
         for attempt in range(1, TOKEN_TRIES + 1):

@@ -68,6 +68,8 @@ class StampedReader(socket.SocketIO):
         return self._first_since_mark if self._first_since_mark is not None else self._last
 
     def readinto(self, b: bytearray | memoryview) -> int | None:  # type: ignore[override]
+        """Read as ``SocketIO`` does, noting when the bytes reached the socket: the kernel's
+        receive stamp where it gives one, else the time of the read."""
         if not self._stamps:
             n = super().readinto(b)
             if n:

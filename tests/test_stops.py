@@ -146,8 +146,10 @@ def test_a_signal_during_a_long_retry_after_stops_within_seconds_and_records_the
         print(f"{'+'.join(s.name for s in signals)} during a 120 s Retry-After: exit after {took:.1f} s")  # (-s)
         assert_interrupted_and_recorded(db_path, sim, err, process.returncode, committed=[1, 2, 4], checkpoint=2)
         records = json_log_lines(log_file)
-        assert [r["signals"] for r in records if r.get("event_type") == "stop_requested"] == list(
-            range(1, len(signals) + 1))
+        requested = [r["signals"] for r in records if r.get("event_type") == "stop_requested"]
+        # The first signal's stop can be over before the second comes (0.1 s later): that one
+        # then finds the run recorded and is ignored (settle_signals), the exit code stays 2.
+        assert requested == list(range(1, len(signals) + 1)) or (len(signals) == 2 and requested == [1])
         assert not [r for r in records if r.get("event_type") == "stop_forced"] or len(signals) == 2
         [finished] = [r for r in records if r.get("event_type") == "batch_complete"]
         assert finished["level"] == "WARNING" and finished["exit_code"] == 2

@@ -243,3 +243,14 @@ def test_the_crawl_process_shares_one_heap_and_keeps_a_small_sqlite_cache(
     finally:
         engine.dispose()
     assert not any(key.endswith("TelnetConsole") for key in settings.EXTENSIONS_BASE)
+
+
+def test_once_the_run_is_over_a_ctrl_c_is_ignored_and_sigterm_exits_with_the_runs_code() -> None:
+    """A second quick Ctrl-C that lands while the finished process shuts down killed it (exit -2
+    for a run recorded as 2)."""
+    probe = ("import os, signal, time; from pmp_scrapy.extensions.shutdown import settle_signals; settle_signals(2); "
+             "os.kill(os.getpid(), signal.SIGINT); time.sleep(0.2); print('alive', flush=True); "
+             "os.kill(os.getpid(), signal.SIGTERM); time.sleep(10)")
+    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.stdout == "alive\n" and done.returncode == 2, done.stderr

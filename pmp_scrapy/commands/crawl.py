@@ -76,6 +76,7 @@ class Command(ScrapyCrawlCommand):
             raise UsageError("give exactly one spider name, e.g. scrapy crawl dcapi_patches")
         spname = args[0]
         from pmp_scrapy.config_errors import record_config_error
+        from pmp_scrapy.extensions.shutdown import settle_signals
 
         try:
             selection = self._selection(spname, opts.spargs)
@@ -88,11 +89,12 @@ class Command(ScrapyCrawlCommand):
         assert self.crawler_process
         if selection is not None:
             self.exitcode = self._sweep_customers(spname, opts.spargs, selection)
-            return
-        crawler = self._create_crawler(spname)
-        self.crawler_process.crawl(crawler, **opts.spargs)
-        self.crawler_process.start()
-        self.exitcode = self._exit_code(crawler)
+        else:
+            crawler = self._create_crawler(spname)
+            self.crawler_process.crawl(crawler, **opts.spargs)
+            self.crawler_process.start()
+            self.exitcode = self._exit_code(crawler)
+        settle_signals(self.exitcode)
 
     # --- several customers (-a customer=all or a list) ------------------------------------------------
     def _selection(self, spname: str, spargs: dict[str, str]) -> CustomerSelection | None:

@@ -77,6 +77,16 @@ def is_stopping(crawler: Crawler) -> bool:
     return stop_state(crawler).stopping.is_set()
 
 
+def settle_signals(exit_code: int) -> None:
+    """Once the run is over (recorded, its exit code known) a signal has nothing left to stop:
+    SIGINT is ignored and SIGTERM exits at once with ``exit_code``. Without this, a second quick
+    Ctrl-C that lands while the interpreter shuts down (which puts the default handlers back)
+    killed the finished process: exit -2 instead of 2 for a run already recorded. SIG_IGN is
+    kept through that shutdown, a Python handler is not (SIGTERM then ends it as usual)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: os._exit(exit_code))
+
+
 async def pause(crawler: Crawler, seconds: float) -> bool:
     """Wait ``seconds``; ``False`` (at once) when the run starts stopping meanwhile or already
     has, ``True`` when the whole wait passed."""

@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from pmp_scrapy.items import CatalogGap, CatalogUnavailable
+from pmp_scrapy.plan import page_list
 
 if TYPE_CHECKING:
     from scrapy.statscollectors import StatsCollector
@@ -81,7 +82,7 @@ def report_reread(run: RunRecord, stats: StatsCollector, result: CheckpointResul
     if result.seen_twice_at is None and not result.unseen_systems:
         return
     run.pages_to_reread.update(result.reread_pages)
-    pages = ", ".join(map(str, result.reread_pages[:20])) + (" …" if len(result.reread_pages) > 20 else "")
+    pages = page_list(result.reread_pages)
     if result.seen_twice_at is not None:
         stats.inc_value("pmp/shifts_seen_twice")
         logger.warning("the tenant changed during the sweep: a system of page %d was already reported on an "

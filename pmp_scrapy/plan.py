@@ -11,6 +11,7 @@ up to it is committed or a gap.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -133,6 +134,11 @@ def stale_pages(page_totals: dict[int, int], total_records: int | None, total_pa
         return []
     return sorted(page for page, total in page_totals.items()
                   if total != total_records and (total_pages is None or page <= total_pages))
+
+
+def page_list(pages: Sequence[int], shown: int = 20) -> str:
+    """``pages`` as a log line lists them: the first ``shown``, then "…" when there are more."""
+    return ", ".join(map(str, pages[:shown])) + (" …" if len(pages) > shown else "")
 
 
 def _age_seconds(completed_at: datetime | None, now: datetime) -> float | None:

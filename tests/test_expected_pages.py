@@ -128,3 +128,11 @@ async def test_pages_beyond_the_expected_count_are_asked_for_once_an_answer_says
         r.answered for page in range(1, 6) for r in pages[page])  # asked for once the count was known
     assert mapping_table(db_path) == expected
     assert db_rows(db_path, "SELECT COUNT(*) FROM dcapi_extraction_gaps") == [(0,)]
+
+
+def test_pages_in_a_log_line_are_the_first_twenty_then_an_ellipsis() -> None:
+    from pmp_scrapy.plan import page_list
+
+    assert page_list([4, 5, 6]) == "4, 5, 6"
+    assert page_list(list(range(1, 21))) == ", ".join(map(str, range(1, 21)))
+    assert page_list(list(range(1, 25))) == ", ".join(map(str, range(1, 21))) + " …"

@@ -24,7 +24,7 @@ from pmp_scrapy.extensions.pacer import max_in_flight
 from pmp_scrapy.gaps import gap_type_for_failure, gap_type_for_status
 from pmp_scrapy.items import PageGap, PatchPage
 from pmp_scrapy.masking import scrub
-from pmp_scrapy.plan import stale_pages
+from pmp_scrapy.plan import page_list, stale_pages
 from pmp_scrapy.redaction import redact, response_sample
 from pmp_scrapy.rows import page_rows
 from pmp_scrapy.run import find_run
@@ -107,7 +107,7 @@ class DcapiPatchesSpider(PagePlanning, CatalogRequests, InventoryRequests, scrap
                 "the tenant changed during snapshot %d (DCAPI now reports %d systems; %d page(s) were read "
                 "before): reading pages %s again so that no system is missed", plan.snapshot_id,
                 self._last_total_records, len(shifted),
-                ", ".join(map(str, shifted[:20])) + (" …" if len(shifted) > 20 else ""),
+                page_list(shifted),
                 extra={"event_type": "tenant_changed", "total_records": self._last_total_records,
                        "reread_pages": shifted, "round": self._reread_rounds})
         shifted = sorted({*shifted, *asked})

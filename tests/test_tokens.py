@@ -163,9 +163,12 @@ async def test_a_request_held_past_its_tokens_life_leaves_with_the_current_token
     assert HeldPageHandler.held_token_expired
     assert result.exit_code == 0, result.stats.get("pmp/exit_message")
     [page2] = [r for r in result.requests if r.kind == "page" and r.page == 2]
-    assert (page2.status, page2.auth) == (200, "oauth")
-    assert [r for r in result.requests if r.status == 401] == []
-    assert "pmp/unauthorized" not in result.stats
+    assert (page2.status, page2.auth) == (200, "oauth")  # its one request: held, then the current token
+    # Other pages may meet a healed 401 here: the simulator's token endpoint shares the paced PMP
+    # port, so the refresh (due at 6.4 s of 8) can queue behind paced pages past the old token's
+    # life (a CI run, once). Against Zoho the accounts server is another host, tokens live an hour.
+    assert all(r.page != 2 for r in result.requests if r.status == 401)
+    assert result.stats.get("pmp/unauthorized", 0) == len([r for r in result.requests if r.status == 401])
     assert mapping_table(db_path) == expected
 
 
